@@ -1,0 +1,303 @@
+"""The store API: every read and write of the jobs table goes through these functions.
+
+Functions are keyword-only after the session and never commit: the caller owns the transaction,
+so "write a whole batch in one transaction" is the caller's `with session.begin():`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import FINISHED_STATUSES, Job, JobStatus, utcnow
+
+MAX_ATTEMPTS_ERROR = "MaxAttemptsExceeded"
+EXPIRED_ERROR = "DeadlineExceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    model: str
+    task: str
+    input: dict[str, Any]
+    priority: int = 0
+    idempotency_key: str | None = None
+    expires_at: datetime | None = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: uuid.UUID
+    model: str
+    task: str
+    input: Any
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one computed (or failed) job ends as; `attempt` guards against a stale claim."""
+
+    id: uuid.UUID
+    attempt: int
+    status: JobStatus
+    output: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
+    """Insert `jobs` (queued, marked published now); return each one's id, in order.
+
+    A job whose idempotency key already exists is not inserted again: its existing id is returned,
+    also when two producers race on the same key (ON CONFLICT DO NOTHING, then read back).
+    """
+    if not jobs:
+        return []
+    now = utcnow()
+    rows = [
+        {
+            "id": j.id,
+            "model": j.model,
+            "task": j.task,
+            "status": JobStatus.QUEUED.value,
+            "input": j.input,
+            "priority": j.priority,
+            "idempotency_key": j.idempotency_key,
+            "expires_at": j.expires_at,
+            "attempts": 0,
+            "created_at": now,
+            "published_at": now,
+            "publish_count": 1,
+        }
+        for j in jobs
+    ]
+    keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
+    if not keys:
+        session.execute(Job.__table__.insert(), rows)
+        return [j.id for j in jobs]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(Job.__table__).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    session.execute(stmt, rows)
+    existing = dict(session.execute(select(Job.idempotency_key, Job.id).where(Job.idempotency_key.in_(keys))).tuples().all())
+    return [existing[j.idempotency_key] if j.idempotency_key is not None else j.id for j in jobs]
+
+
+def claim_jobs(
+    session: Session,
+    *,
+    ids: Iterable[uuid.UUID],
+    model: str,
+    worker: str,
+    lease: timedelta,
+    max_attempts: int,
+) -> list[ClaimedJob]:
+    """Claim the jobs among `ids` that are free to run: queued, or running with an expired lease.
+
+    A claimed job is running, leased to `worker`, with attempts + 1. Jobs past their deadline end
+    expired and jobs already tried `max_attempts` times end failed instead of being claimed.
+    Only jobs of `model` are claimed (a misrouted id stays queued for the sweeper to re-route).
+    Jobs that are finished or validly leased elsewhere are skipped: that is what makes duplicate
+    and redelivered messages harmless.
+    """
+    id_list = list(ids)
+    if not id_list:
+        return []
+    now = utcnow()
+    claimable = and_(
+        Job.id.in_(id_list),
+        Job.model == model,
+        or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, Job.lease_until < now)),
+    )
+    session.execute(
+        update(Job)
+        .where(claimable, Job.expires_at.is_not(None), Job.expires_at < now)
+        .values(
+            status=JobStatus.EXPIRED,
+            finished_at=now,
+            error_type=EXPIRED_ERROR,
+            error_message="the job's deadline passed before it could run",
+        )
+    )
+    session.execute(
+        update(Job)
+        .where(claimable, Job.attempts >= max_attempts)
+        .values(
+            status=JobStatus.FAILED,
+            finished_at=now,
+            error_type=MAX_ATTEMPTS_ERROR,
+            error_message=f"exceeded max attempts ({max_attempts}): every try ended without a result",
+        )
+    )
+    result = session.execute(
+        update(Job)
+        .where(claimable)
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            started_at=now,
+            worker=worker,
+            lease_until=now + lease,
+        )
+        .returning(Job.id, Job.model, Job.task, Job.input, Job.attempts),
+        execution_options={"synchronize_session": False},
+    )
+    return [ClaimedJob(*row) for row in result.tuples()]
+
+
+def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
+    """Record outcomes of jobs still running under the claim that computed them.
+
+    A job cancelled meanwhile, or re-claimed by another worker after a lease expiry, no longer
+    matches and is left as it is: a result is written at most once.
+    """
+    if not outcomes:
+        return
+    now = utcnow()
+    table = Job.__table__
+    stmt = (
+        update(table)
+        .where(
+            table.c.id == bindparam("b_id"),
+            table.c.attempts == bindparam("b_attempt"),
+            table.c.status == JobStatus.RUNNING.value,
+        )
+        .values(
+            status=bindparam("b_status"),
+            output=bindparam("b_output"),
+            error_type=bindparam("b_error_type"),
+            error_message=bindparam("b_error_message"),
+            finished_at=now,
+            lease_until=None,
+        )
+    )
+    session.execute(
+        stmt,
+        [
+            {
+                "b_id": o.id,
+                "b_attempt": o.attempt,
+                "b_status": o.status.value,
+                "b_output": o.output,
+                "b_error_type": o.error_type,
+                "b_error_message": o.error_message,
+            }
+            for o in outcomes
+        ],
+    )
+
+
+def release_jobs(session: Session, *, claims: Sequence[ClaimedJob]) -> None:
+    """Put running jobs back to queued under their claim (a drained or retried batch)."""
+    table = Job.__table__
+    stmt = (
+        update(table)
+        .where(
+            table.c.id == bindparam("b_id"),
+            table.c.attempts == bindparam("b_attempt"),
+            table.c.status == JobStatus.RUNNING.value,
+        )
+        .values(status=JobStatus.QUEUED.value, lease_until=None, worker=None)
+    )
+    if claims:
+        session.execute(stmt, [{"b_id": c.id, "b_attempt": c.attempts} for c in claims])
+
+
+def get_job(session: Session, *, job_id: uuid.UUID) -> Job | None:
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def get_jobs(session: Session, *, ids: Sequence[uuid.UUID]) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.id.in_(list(ids)))).all())
+
+
+def list_jobs(
+    session: Session,
+    *,
+    status: JobStatus | None = None,
+    model: str | None = None,
+    limit: int = 50,
+    before: datetime | None = None,
+) -> list[Job]:
+    """Newest first; page with `before` = the last row's created_at."""
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(Job.status == status)
+    if model is not None:
+        stmt = stmt.where(Job.model == model)
+    if before is not None:
+        stmt = stmt.where(Job.created_at < before)
+    return list(session.scalars(stmt).all())
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all()
+    return dict(rows)
+
+
+def cancel_job(session: Session, *, job_id: uuid.UUID) -> bool:
+    """Cancel a job not yet finished. A running job's result is then discarded at its batch's end."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), lease_until=None),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def jobs_to_republish(session: Session, *, stale_after: timedelta, limit: int) -> list[tuple[uuid.UUID, str, int]]:
+    """Jobs whose message was probably lost: queued and not published for a backoff period that
+    doubles with each re-publish, or running with an expired lease. Marks them published now.
+
+    On PostgreSQL rows are locked with SKIP LOCKED, so sweepers in several workers share the work
+    instead of publishing the same job twice.
+    """
+    now = utcnow()
+    backoff = stale_after.total_seconds()
+    stmt = (
+        select(Job.id, Job.model, Job.priority, Job.status, Job.published_at, Job.publish_count)
+        .where(
+            or_(
+                and_(Job.status == JobStatus.QUEUED, Job.published_at < now - stale_after),
+                and_(Job.status == JobStatus.RUNNING, Job.lease_until < now),
+            )
+        )
+        .order_by(Job.priority.asc(), Job.created_at.asc())
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=True)
+    picked: list[tuple[uuid.UUID, str, int]] = []
+    for job_id, model, priority, status, published_at, count in session.execute(stmt).tuples():
+        # Exponential backoff between re-publishes of the same queued job, capped at 32x.
+        wait = backoff * (2 ** min(max(count - 1, 0), 5))
+        if status == JobStatus.QUEUED and published_at is not None and published_at > now - timedelta(seconds=wait):
+            continue
+        picked.append((job_id, model, priority))
+    if picked:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_([p[0] for p in picked]))
+            .values(published_at=now, publish_count=Job.publish_count + 1),
+            execution_options={"synchronize_session": False},
+        )
+    return picked
+
+
+def purge_jobs(session: Session, *, finished_before: datetime) -> int:
+    """Delete finished jobs older than `finished_before`; returns how many."""
+    result = session.execute(
+        delete(Job).where(Job.status.in_(list(FINISHED_STATUSES)), Job.finished_at < finished_before),
+        execution_options={"synchronize_session": False},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,25 @@
+"""What a web backend imports: the Client, the request/response contract and textq's errors."""
+
+from producer.client import Client
+from producer.contract import ClassifyRequest, JobView, SummarizeRequest
+from producer.errors import (
+    BrokerUnavailableError,
+    InvalidJobError,
+    JobNotFoundError,
+    JobTimeoutError,
+    TextqError,
+)
+from producer.registry import ModelSpec
+
+__all__ = [
+    "BrokerUnavailableError",
+    "ClassifyRequest",
+    "Client",
+    "InvalidJobError",
+    "JobNotFoundError",
+    "JobTimeoutError",
+    "JobView",
+    "ModelSpec",
+    "SummarizeRequest",
+    "TextqError",
+]

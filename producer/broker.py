@@ -1,0 +1,77 @@
+"""Celery's broker side of the contract: the settings producer and worker must agree on, and the
+publisher that turns job ids into Celery messages. No Celery result backend: the jobs table is it."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from celery import Celery
+from kombu.utils.url import maybe_sanitize_url
+
+from producer.contract import MAX_JOBS_PER_MESSAGE, RUN_JOBS_TASK, JobMessage
+from producer.registry import queue_name
+from producer.settings import ProducerSettings
+
+log = logging.getLogger(__name__)
+
+# Redis emulates priorities with one list per step; lower number = served first.
+PRIORITY_STEPS = [0, 3, 6, 9]
+DEFAULT_VISIBILITY_TIMEOUT_S = 3600
+
+
+def broker_config(settings: ProducerSettings) -> dict[str, Any]:
+    """Celery settings shared by every textq process that talks to the broker."""
+    return {
+        "broker_url": settings.broker_url,
+        # JSON only: accepting pickle would let anyone who can write to Redis run code in workers.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {
+            # Longer than any batch, or a slow batch is redelivered while it still runs (celery#5935).
+            "visibility_timeout": DEFAULT_VISIBILITY_TIMEOUT_S,
+            "queue_order_strategy": "priority",
+            "priority_steps": PRIORITY_STEPS,
+        },
+        "task_default_priority": 5,
+    }
+
+
+def chunked(ids: Sequence[uuid.UUID], size: int) -> Iterable[Sequence[uuid.UUID]]:
+    size = min(size, MAX_JOBS_PER_MESSAGE)
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+class Publisher:
+    """Sends run-jobs messages on each model's queue over one pooled broker connection."""
+
+    def __init__(self, settings: ProducerSettings) -> None:
+        self.settings = settings
+        self.app = Celery("textq-producer", set_as_current=False)
+        self.app.conf.update(broker_config(settings))
+
+    def publish(self, model: str, priority: int, job_ids: Sequence[uuid.UUID]) -> None:
+        self.publish_groups([(model, priority, job_ids)])
+
+    def publish_groups(self, groups: Iterable[tuple[str, int, Sequence[uuid.UUID]]]) -> None:
+        """Publish each (model, priority, ids) group, `jobs_per_message` ids per message."""
+        with self.app.producer_or_acquire() as producer:
+            for model, priority, ids in groups:
+                for chunk in chunked(ids, self.settings.jobs_per_message):
+                    body = JobMessage(model=model, job_ids=list(chunk)).model_dump(mode="json")
+                    self.app.send_task(
+                        RUN_JOBS_TASK, args=[body], queue=queue_name(model), priority=priority, producer=producer
+                    )
+
+    def redacted_url(self) -> str:
+        return str(maybe_sanitize_url(self.settings.broker_url))
+
+    def close(self) -> None:
+        self.app.close()

@@ -1,0 +1,183 @@
+"""The `textq` command line: run workers, submit and inspect jobs, migrate the database, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from producer.contract import JobView
+from producer.errors import TextqError
+
+
+def _client() -> Any:
+    from producer.client import Client
+
+    return Client()
+
+
+def _print_view(view: JobView, as_json: bool) -> None:
+    if as_json:
+        click.echo(view.model_dump_json(indent=2))
+        return
+    click.echo(f"id:       {view.id}\nstatus:   {view.status}\nmodel:    {view.model} ({view.task})")
+    if view.output is not None:
+        click.echo(f"output:   {json.dumps(view.output)}")
+    if view.error_type:
+        click.echo(f"error:    {view.error_type}: {view.error_message}")
+    if view.finished_at:
+        click.echo(f"took:     {(view.finished_at - view.created_at).total_seconds() * 1000:.0f} ms "
+                   f"(attempts: {view.attempts}, worker: {view.worker})")
+
+
+class _TextqGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TextqError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_TextqGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level.")
+def cli(verbose: bool) -> None:
+    """textq: NLP models behind a queue.
+
+    Settings come from TEXTQ_* environment variables: TEXTQ_BROKER_URL (Redis),
+    TEXTQ_DATABASE_URL (SQLAlchemy URL; SQLite file by default), TEXTQ_MODELS_FILE (extra models).
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.option("--models", help="Comma-separated models to serve (default: all in the registry).")
+@click.option("-c", "--concurrency", type=int, help="Task threads (default TEXTQ_WORKER_CONCURRENCY, 8).")
+@click.option("--loglevel", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(models: str | None, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Start a worker that serves MODELS' queues (extra arguments go to `celery worker`).
+
+    Models load once at start-up; one batcher thread per model runs them. Scale out by starting
+    more workers, on this machine or others, against the same Redis and database.
+    """
+    if models:
+        os.environ["TEXTQ_WORKER_MODELS"] = models
+    args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "threads", "--loglevel", loglevel]
+    if concurrency:
+        args += ["-c", str(concurrency)]
+    os.execv(sys.executable, [*args, *celery_args])
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--model", help="Registry model name (default: sentiment, zero-shot with --labels, summarize).")
+@click.option("--labels", help="Comma-separated candidate labels (zero-shot classification).")
+@click.option("--summarize", "summarize", is_flag=True, help="Summarize instead of classify.")
+@click.option("--max-sentences", type=int, default=3, show_default=True, help="Summary length.")
+@click.option("--priority", type=int, default=5, show_default=True, help="0 runs first, 9 last.")
+@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON lines, one request object per line (bulk submit).")
+@click.option("--wait", "wait_s", type=float, help="Wait up to this many seconds for the result(s).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def submit(text: str | None, model: str | None, labels: str | None, summarize: bool, max_sentences: int,
+           priority: int, file: Path | None, wait_s: float | None, as_json: bool) -> None:
+    """Submit TEXT (or every line of --file) and print the job id(s)."""
+    client = _client()
+    if file is not None:
+        requests = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        step = client.settings.jobs_per_message * 8
+        ids = []
+        for start in tqdm(range(0, len(requests), step), desc="submitting", unit="chunk", disable=None):
+            ids += [v.id for v in client.submit_many(requests[start : start + step])]
+        if wait_s is not None:
+            views = client.wait_many(ids, timeout=wait_s)
+            for v in views:
+                click.echo(v.model_dump_json() if as_json else f"{v.id} {v.status} {json.dumps(v.output)}")
+        else:
+            click.echo("\n".join(str(i) for i in ids))
+        return
+    if text is None:
+        raise click.UsageError("give TEXT or --file")
+    request: dict[str, Any] = {"text": text, "model": model, "priority": priority}
+    if summarize:
+        request.update(task="summarize", max_sentences=max_sentences)
+    else:
+        request.update(task="classify", labels=labels.split(",") if labels else None)
+    view = client.submit(request)
+    if wait_s is not None:
+        view = client.wait(view.id, timeout=wait_s)
+        _print_view(view, as_json)
+    else:
+        click.echo(view.model_dump_json() if as_json else str(view.id))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def get(job_id: str, as_json: bool) -> None:
+    """Show a job: status, output or error, timings."""
+    _print_view(_client().get(job_id), as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def wait(job_id: str, timeout: float, as_json: bool) -> None:
+    """Wait for a job to finish, then show it (exit 1 on timeout)."""
+    _print_view(_client().wait(job_id, timeout=timeout), as_json)
+
+
+@cli.command()
+@click.argument("job_id")
+def cancel(job_id: str) -> None:
+    """Cancel a queued or running job."""
+    click.echo(_client().cancel(job_id).status)
+
+
+@cli.command()
+def models() -> None:
+    """List the models in the registry and their queues."""
+    from producer.registry import default_registry
+
+    for spec in default_registry().specs():
+        click.echo(f"{spec.name:<16} {spec.kind:<10} runner={spec.runner:<12} queue={spec.queue} source={spec.source}")
+
+
+@cli.group()
+def db() -> None:
+    """Database commands."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True)
+def upgrade(revision: str) -> None:
+    """Create or migrate the jobs table at TEXTQ_DATABASE_URL."""
+    from db import redact_url
+    from db import upgrade as run_upgrade
+    from db.settings import DatabaseSettings
+
+    url = DatabaseSettings().database_url
+    run_upgrade(url, revision)
+    click.echo(f"database at {redact_url(url)} is at {revision}")
+
+
+@cli.command()
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for results.")
+def demo(timeout: float) -> None:
+    """Run everything on this machine: broker (embedded if none answers), database, a worker,
+    sample sentiment, zero-shot and summarization jobs; print the results; stop it all."""
+    from producer.demo import run_demo
+
+    run_demo(timeout)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,201 @@
+"""`Client`: what a web backend uses to submit jobs and read them back. Imports no torch."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import timedelta
+
+from db import store
+from db.engine import session_factory
+from db.models import utcnow
+from db.settings import DatabaseSettings
+from producer.broker import Publisher
+from producer.contract import (
+    ClassifyRequest,
+    JobView,
+    SummarizeRequest,
+    job_input_of,
+    parse_request,
+    resolve_model,
+)
+from producer.errors import InvalidJobError, JobNotFoundError, JobTimeoutError
+from producer.registry import Registry, default_registry
+from producer.settings import ProducerSettings, producer_settings
+
+log = logging.getLogger(__name__)
+
+JobRequestType = ClassifyRequest | SummarizeRequest
+
+
+class Client:
+    """Submit classification and summarization jobs; read, wait for and cancel them.
+
+    Settings come from `TEXTQ_*` environment variables unless given. A job's row is committed
+    before its message is published, so a job is never enqueued without a record.
+    """
+
+    def __init__(
+        self,
+        *,
+        database_url: str | None = None,
+        broker_url: str | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        settings = producer_settings()
+        if broker_url is not None:
+            settings = settings.model_copy(update={"broker_url": broker_url})
+        self.settings: ProducerSettings = settings
+        self.database_url = database_url or DatabaseSettings().database_url
+        self.registry = registry or default_registry()
+        self._sessions = session_factory(self.database_url)
+        self._publisher = Publisher(settings)
+
+    # -- submitting -------------------------------------------------------------------------
+    def classify(
+        self,
+        text: str,
+        *,
+        labels: list[str] | None = None,
+        model: str | None = None,
+        priority: int = 5,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> JobView:
+        """Classify `text` with a fixed-label model, or zero-shot over `labels`."""
+        return self.submit(
+            {"task": "classify", "text": text, "labels": labels, "model": model, "priority": priority,
+             "idempotency_key": idempotency_key, "timeout": timeout}
+        )
+
+    def summarize(
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        max_sentences: int = 3,
+        priority: int = 5,
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> JobView:
+        """Summarize `text` (extractive by default: up to `max_sentences` of its own sentences)."""
+        return self.submit(
+            {"task": "summarize", "text": text, "model": model, "max_sentences": max_sentences,
+             "priority": priority, "idempotency_key": idempotency_key, "timeout": timeout}
+        )
+
+    def submit(self, request: JobRequestType | dict[str, object]) -> JobView:
+        return self.submit_many([request])[0]
+
+    def submit_many(self, requests: Sequence[JobRequestType | dict[str, object]]) -> list[JobView]:
+        """Validate every request, insert all rows in one transaction, then publish them in chunks.
+
+        Any invalid request fails the whole call with InvalidJobError (the index is in the field
+        name) and nothing is written or enqueued.
+        """
+        if len(requests) > self.settings.max_jobs_per_submit:
+            raise InvalidJobError.single(
+                "requests",
+                f"{len(requests)} jobs in one call; the limit is {self.settings.max_jobs_per_submit} "
+                "(TEXTQ_MAX_JOBS_PER_SUBMIT)",
+            )
+        new_jobs = [self._new_job(i, r, multiple=len(requests) > 1) for i, r in enumerate(requests)]
+        with self._sessions.begin() as session:
+            ids = store.create_jobs(session, jobs=new_jobs)
+        groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
+        for job, job_id in zip(new_jobs, ids, strict=True):
+            if job_id == job.id:  # not an earlier job found by its idempotency key
+                groups[(job.model, job.priority)].append(job_id)
+        try:
+            self._publisher.publish_groups((m, p, g) for (m, p), g in groups.items())
+        except Exception as exc:  # the rows are the ledger: the sweeper publishes them later
+            log.warning("could not publish to %s (%s); the sweeper will re-publish", self._publisher.redacted_url(), exc)
+        return self.get_many(ids)
+
+    def _new_job(self, index: int, raw: JobRequestType | dict[str, object], *, multiple: bool) -> store.NewJob:
+        try:
+            request = parse_request(raw if isinstance(raw, dict) else raw.model_dump())
+            spec = resolve_model(request, self.registry)
+        except InvalidJobError as exc:
+            if not multiple:
+                raise
+            raise InvalidJobError(
+                [type(e)(f"requests[{index}].{e.field}", e.message) for e in exc.errors]
+            ) from None
+        return store.NewJob(
+            model=spec.name,
+            task=spec.task,
+            input=job_input_of(request),
+            priority=request.priority,
+            idempotency_key=request.idempotency_key,
+            expires_at=utcnow() + timedelta(seconds=request.timeout) if request.timeout else None,
+        )
+
+    # -- reading ----------------------------------------------------------------------------
+    def get(self, job_id: uuid.UUID | str) -> JobView:
+        with self._sessions() as session:
+            job = store.get_job(session, job_id=_as_uuid(job_id))
+            if job is None:
+                raise JobNotFoundError(f"no job with id {job_id}")
+            return JobView.model_validate(job)
+
+    def get_many(self, ids: Sequence[uuid.UUID | str]) -> list[JobView]:
+        """Jobs in the order of `ids`; raises JobNotFoundError if any is missing."""
+        wanted = [_as_uuid(i) for i in ids]
+        with self._sessions() as session:
+            found = {}
+            for start in range(0, len(wanted), 500):
+                found.update({j.id: JobView.model_validate(j) for j in store.get_jobs(session, ids=wanted[start:start + 500])})
+        missing = [str(i) for i in wanted if i not in found]
+        if missing:
+            raise JobNotFoundError(f"no job with id {', '.join(missing[:5])}")
+        return [found[i] for i in wanted]
+
+    def wait(self, job_id: uuid.UUID | str, *, timeout: float = 30.0, poll_interval: float = 0.05) -> JobView:
+        """Block until the job is finished (succeeded, failed, cancelled or expired)."""
+        return self.wait_many([job_id], timeout=timeout, poll_interval=poll_interval)[0]
+
+    def wait_many(
+        self, ids: Sequence[uuid.UUID | str], *, timeout: float = 60.0, poll_interval: float = 0.05
+    ) -> list[JobView]:
+        deadline = time.monotonic() + timeout
+        delay = min(poll_interval, 0.01)
+        while True:
+            views = self.get_many(ids)
+            pending = [v for v in views if not v.done]
+            if not pending:
+                return views
+            if time.monotonic() >= deadline:
+                raise JobTimeoutError(
+                    f"{len(pending)} of {len(views)} jobs not finished after {timeout:g}s "
+                    f"(first: {pending[0].id}, {pending[0].status}); they may still finish: call get()"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, poll_interval)
+
+    def cancel(self, job_id: uuid.UUID | str) -> JobView:
+        """Cancel a queued or running job; a finished job is returned unchanged."""
+        with self._sessions.begin() as session:
+            store.cancel_job(session, job_id=_as_uuid(job_id))
+        return self.get(job_id)
+
+    def close(self) -> None:
+        self._publisher.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise JobNotFoundError(f"{job_id!r} is not a job id (expected a UUID)") from None

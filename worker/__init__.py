@@ -1,0 +1,1 @@
+"""The textq worker: Celery app, batcher, model runners. The only package that imports torch."""

@@ -1,0 +1,196 @@
+"""One batcher thread per model: the only thread that touches the model and its tokenizer.
+
+Task threads hand in job ids and block on futures. The batcher gathers ids from any number of
+messages (up to `max_batch_size`, waiting at most `max_wait_ms` after the first), claims them in one
+statement, sorts them by length and splits them by `max_batch_tokens` to cut padding, runs the
+model, writes every outcome in one transaction, then resolves the futures.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import store
+from db.models import JobStatus
+from producer.contract import JobInput, parse_job_input
+from producer.errors import InvalidJobError
+from worker.runners.base import Runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Ticket:
+    job_id: uuid.UUID
+    future: Future[None]
+
+
+@dataclass(slots=True)
+class _Item:
+    claim: store.ClaimedJob
+    input: JobInput
+    tokens: int
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    jobs: int = 0
+    inference_s: float = 0.0
+
+
+class Batcher:
+    def __init__(
+        self,
+        runner: Runner,
+        sessions: sessionmaker[Session],
+        *,
+        worker_name: str,
+        lease: timedelta,
+        max_attempts: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.spec = runner.spec
+        self.sessions = sessions
+        self.worker_name = worker_name
+        self.lease = lease
+        self.max_attempts = max_attempts
+        self.on_batch = on_batch
+        self.stats = BatchStats()
+        self._inbox: queue.SimpleQueue[_Ticket | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.spec.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job_ids: Sequence[uuid.UUID]) -> list[Future[None]]:
+        """Queue jobs for the next batches; each future resolves once its job's row is written."""
+        tickets = [_Ticket(job_id, Future()) for job_id in job_ids]
+        for ticket in tickets:
+            self._inbox.put(ticket)
+        return [t.future for t in tickets]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish what was handed in, then end the thread."""
+        self._inbox.put(None)
+        self._thread.join(timeout)
+
+    # -- the batcher thread ------------------------------------------------------------------
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            tickets, stopping = self._gather()
+            if tickets:
+                try:
+                    self._run_batch(tickets)
+                except Exception as exc:  # a database or broker failure: tasks see it and fail
+                    log.exception("batch of %d %s jobs failed", len(tickets), self.spec.name)
+                    for t in tickets:
+                        if not t.future.done():
+                            t.future.set_exception(exc)
+
+    def _gather(self) -> tuple[list[_Ticket], bool]:
+        first = self._inbox.get()
+        if first is None:
+            return [], True
+        tickets = [first]
+        deadline = time.monotonic() + self.spec.max_wait_ms / 1000
+        while len(tickets) < self.spec.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                ticket = self._inbox.get(timeout=remaining) if remaining > 0 else self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if ticket is None:
+                return tickets, True
+            tickets.append(ticket)
+        return tickets, False
+
+    def _run_batch(self, tickets: list[_Ticket]) -> None:
+        with self.sessions.begin() as session:
+            claims = store.claim_jobs(
+                session,
+                ids={t.job_id for t in tickets},
+                model=self.spec.name,
+                worker=self.worker_name,
+                lease=self.lease,
+                max_attempts=self.max_attempts,
+            )
+        outcomes: list[store.Outcome] = []
+        items: list[_Item] = []
+        for claim in claims:
+            try:
+                job_input = parse_job_input(self.spec, claim.input)
+            except InvalidJobError as exc:
+                outcomes.append(_failure(claim, exc))
+                continue
+            items.append(_Item(claim, job_input, self.runner.estimate_tokens(job_input)))
+        items.sort(key=lambda item: item.tokens)
+        started = time.perf_counter()
+        for group in self._token_bounded(items):
+            outcomes.extend(self._predict_isolating(group))
+        elapsed = time.perf_counter() - started
+        with self.sessions.begin() as session:
+            store.finish_jobs(session, outcomes=outcomes)
+        self.stats.batches += 1
+        self.stats.jobs += len(items)
+        self.stats.inference_s += elapsed
+        if self.on_batch is not None:
+            self.on_batch(len(items), elapsed)
+        for t in tickets:
+            t.future.set_result(None)
+
+    def _token_bounded(self, items: list[_Item]) -> list[list[_Item]]:
+        """Split length-sorted items so that padded size (count x longest) stays in budget."""
+        groups: list[list[_Item]] = []
+        current: list[_Item] = []
+        for item in items:
+            if current and item.tokens * (len(current) + 1) > self.spec.max_batch_tokens:
+                groups.append(current)
+                current = []
+            current.append(item)
+        if current:
+            groups.append(current)
+        return groups
+
+    def _predict_isolating(self, items: list[_Item]) -> list[store.Outcome]:
+        """Run a group; if it raises, split it in halves and retry, so that an input the model
+        cannot handle fails alone and an out-of-memory batch is retried smaller."""
+        try:
+            outputs = self.runner.predict([item.input for item in items])
+            if len(outputs) != len(items):
+                raise RuntimeError(f"runner returned {len(outputs)} outputs for {len(items)} inputs")
+        except Exception as exc:
+            if len(items) == 1:
+                log.warning("job %s failed in %s: %r", items[0].claim.id, self.spec.name, exc)
+                return [_failure(items[0].claim, exc)]
+            half = len(items) // 2
+            return self._predict_isolating(items[:half]) + self._predict_isolating(items[half:])
+        return [
+            store.Outcome(id=item.claim.id, attempt=item.claim.attempts, status=JobStatus.SUCCEEDED, output=output)
+            for item, output in zip(items, outputs, strict=True)
+        ]
+
+
+def _failure(claim: store.ClaimedJob, exc: Exception) -> store.Outcome:
+    return store.Outcome(
+        id=claim.id,
+        attempt=claim.attempts,
+        status=JobStatus.FAILED,
+        error_type=type(exc).__name__,
+        error_message=str(exc)[:2000] or repr(exc),
+    )
+
+
+__all__ = ["BatchStats", "Batcher"]

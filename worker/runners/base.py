@@ -1,0 +1,78 @@
+"""The runner contract: `setup()` loads weights (heavy, once, in the batcher's process) and
+`predict(batch)` returns one output per input. Only the model's batcher thread calls either."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from producer.contract import JobInput
+from producer.registry import ModelSpec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Rough characters per token for English, to bound a batch's tokens before tokenizing it.
+CHARS_PER_TOKEN = 4
+
+
+class Runner(ABC):
+    """Base of every model runner. Construction is cheap; weights load in `setup`."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.device = pick_device(spec.device)
+        self.dtype = DTYPES[spec.dtype] if self.device.type == "cuda" else torch.float32
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Load weights onto `self.device`."""
+
+    @abstractmethod
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        """One JSON-serialisable output per input, in order."""
+
+    def estimate_tokens(self, job_input: JobInput) -> int:
+        """Token estimate used to sort a batch by length and bound it by `max_batch_tokens`."""
+        return len(job_input.text) // CHARS_PER_TOKEN + 2
+
+
+def pick_device(requested: str) -> torch.device:
+    """`auto` means the first CUDA device when there is one, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def resolve_source(source: str | None) -> str:
+    """A local path for `package:<module>` sources (weights shipped in a Python package); hub ids
+    and directories pass through unchanged for `from_pretrained`."""
+    if source is None:
+        raise ValueError("this runner needs a model source (hub id, directory or package:<module>)")
+    if source.startswith("package:"):
+        module = importlib.import_module(source.removeprefix("package:"))
+        getter = getattr(module, "get_model_path", None)
+        return str(getter()) if getter else str(Path(module.__file__ or "").parent / "model")
+    return source
+
+
+def max_length(tokenizer: Any, spec: ModelSpec, model_config: Any) -> int:
+    """Inputs are truncated to the smallest of the spec's limit and the model's own."""
+    limits = [spec.max_input_tokens, getattr(model_config, "max_position_embeddings", None)]
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and model_max < 1_000_000:
+        limits.append(model_max)
+    return min(x for x in limits if x) if any(limits) else 512
+
+
+def label_scores(probabilities: list[float], labels: list[str]) -> dict[str, Any]:
+    """Pipeline-shaped classification output: top label and score, and every label's score."""
+    ranked = sorted(zip(labels, probabilities, strict=True), key=lambda p: p[1], reverse=True)
+    return {
+        "label": ranked[0][0],
+        "score": round(float(ranked[0][1]), 6),
+        "scores": [{"label": label, "score": round(float(p), 6)} for label, p in ranked],
+    }
+

@@ -1,0 +1,59 @@
+"""Classification runners on sentence embeddings: class prototypes and zero-shot labels."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from producer.contract import ClassifyInput
+from worker.runners.base import label_scores
+from worker.runners.encoder import EncoderRunner, softmax_scores
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+class PrototypeClassifier(EncoderRunner):
+    """Fixed labels, each represented by the mean embedding of labelled examples kept in the repo
+    (`worker/data/<options.examples>.json`: label → example sentences). A text gets the label whose
+    prototype is nearest. Cheap to adapt: edit the examples, no training run."""
+
+    def setup(self) -> None:
+        super().setup()
+        examples: dict[str, list[str]] = json.loads(
+            (EXAMPLES_DIR / f"{self.spec.options.get('examples', self.spec.name)}.json").read_text()
+        )
+        self.labels = list(examples)
+        self.temperature = float(self.spec.options.get("temperature", 0.05))
+        self.prototypes = torch.stack([F.normalize(self.embed(examples[label]).mean(0), dim=0) for label in self.labels])
+
+    def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
+        probabilities = softmax_scores(self.embed([x.text for x in batch]) @ self.prototypes.T, self.temperature)
+        return [label_scores(row.tolist(), self.labels) for row in probabilities]
+
+
+class ZeroShotClassifier(EncoderRunner):
+    """Labels given per request, scored by similarity between the text and a hypothesis sentence
+    built from each label (`options.template`, default "This text is about {label}.")."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.template = str(self.spec.options.get("template", "This text is about {label}."))
+        self.temperature = float(self.spec.options.get("temperature", 0.05))
+        self._label_vector = lru_cache(maxsize=4096)(self._embed_label)
+
+    def _embed_label(self, label: str) -> torch.Tensor:
+        return self.embed([self.template.format(label=label)])[0]
+
+    def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
+        texts = self.embed([x.text for x in batch])
+        outputs = []
+        for vector, job in zip(texts, batch, strict=True):
+            labels = job.labels or []
+            label_matrix = torch.stack([self._label_vector(label) for label in labels])
+            outputs.append(label_scores(softmax_scores(label_matrix @ vector, self.temperature).tolist(), labels))
+        return outputs

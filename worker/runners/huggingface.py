@@ -1,0 +1,55 @@
+"""Generic Hugging Face runners, from a hub id or a local directory: a fine-tuned sequence
+classifier (AutoModelForSequenceClassification) and an abstractive summarizer (AutoModelForSeq2SeqLM)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from producer.contract import ClassifyInput, SummarizeInput
+from worker.runners.base import Runner, label_scores, max_length, resolve_source
+
+
+class _HFRunner(Runner):
+    auto_class: Any
+
+    def setup(self) -> None:
+        path = resolve_source(self.spec.source)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        self.model: Any = self.auto_class.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.max_tokens = max_length(self.tokenizer, self.spec, self.model.config)
+
+    def encode(self, texts: list[str]) -> Any:
+        return self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        ).to(self.device)
+
+
+class SequenceClassifier(_HFRunner):
+    auto_class = AutoModelForSequenceClassification
+
+    def setup(self) -> None:
+        super().setup()
+        id2label = self.model.config.id2label
+        self.labels = [str(id2label[i]) for i in range(len(id2label))]
+
+    @torch.inference_mode()
+    def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
+        logits = self.model(**self.encode([x.text for x in batch])).logits.float()
+        return [label_scores(row.tolist(), self.labels) for row in torch.softmax(logits, dim=-1)]
+
+
+class Seq2SeqSummarizer(_HFRunner):
+    auto_class = AutoModelForSeq2SeqLM
+
+    @torch.inference_mode()
+    def predict(self, batch: list[SummarizeInput]) -> list[dict[str, Any]]:
+        generated = self.model.generate(
+            **self.encode([x.text for x in batch]),
+            max_new_tokens=int(self.spec.options.get("max_new_tokens", 64)),
+            num_beams=int(self.spec.options.get("num_beams", 1)),
+            do_sample=False,
+        )
+        return [{"summary": s.strip()} for s in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]

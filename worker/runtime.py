@@ -1,0 +1,124 @@
+"""The per-process worker runtime: loaded models, their batchers, and the sweeper.
+
+Built once per worker process when the worker starts (never at import, never before a fork),
+shared by all task threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import wait
+from datetime import timedelta
+
+import torch
+
+from db import store
+from db.engine import session_factory
+from db.settings import DatabaseSettings
+from producer.broker import Publisher
+from producer.registry import Registry, default_registry
+from producer.settings import producer_settings
+from worker.batcher import Batcher
+from worker.runners import create_runner
+from worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotServedError(LookupError):
+    """A message arrived for a model this worker does not serve (check -Q / --models)."""
+
+
+class WorkerRuntime:
+    def __init__(self, settings: WorkerSettings | None = None, registry: Registry | None = None) -> None:
+        self.settings = settings or WorkerSettings()
+        self.registry = registry or default_registry()
+        self.models = self.settings.served_models(self.registry.names())
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.sessions = session_factory(DatabaseSettings().database_url)
+        self.publisher = Publisher(producer_settings())
+        self.batchers: dict[str, Batcher] = {}
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+
+    def start(self) -> None:
+        torch.set_num_threads(self.settings.torch_threads)
+        for name in self.models:
+            started = time.perf_counter()
+            runner = create_runner(self.registry.get(name))
+            runner.setup()
+            batcher = Batcher(
+                runner,
+                self.sessions,
+                worker_name=self.name,
+                lease=timedelta(seconds=self.settings.lease_s),
+                max_attempts=self.settings.max_attempts,
+            )
+            batcher.start()
+            self.batchers[name] = batcher
+            log.info("loaded model %s (%s on %s) in %.1fs", name, runner.spec.runner, runner.device,
+                     time.perf_counter() - started)
+        self._sweeper.start()
+
+    def run(self, model: str, job_ids: Sequence[uuid.UUID]) -> None:
+        """Run the jobs through the model's batcher and return once their rows are written."""
+        batcher = self.batchers.get(model)
+        if batcher is None:
+            raise ModelNotServedError(f"this worker serves {self.models}, not {model!r}")
+        futures = batcher.submit(job_ids)
+        wait(futures)
+        for future in futures:
+            future.result()  # re-raise a batch failure in the task thread
+
+    def stop(self) -> None:
+        self._stop.set()
+        for batcher in self.batchers.values():
+            batcher.stop()
+
+    def sweep_once(self) -> int:
+        """Re-publish jobs whose message was lost or whose worker died; returns how many."""
+        with self.sessions.begin() as session:
+            picked = store.jobs_to_republish(
+                session, stale_after=timedelta(seconds=producer_settings().republish_after_s), limit=1000
+            )
+        for job_id, model, priority in picked:
+            self.publisher.publish(model, priority, [job_id])
+        if picked:
+            log.warning("sweeper re-published %d jobs", len(picked))
+        return len(picked)
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval_s):
+            try:
+                self.sweep_once()
+            except Exception:
+                log.exception("sweep failed; retrying in %.0fs", self.settings.sweep_interval_s)
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> WorkerRuntime:
+    """The process's runtime, started on first use (the worker starts it at boot)."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            runtime = WorkerRuntime()
+            runtime.start()
+            _runtime = runtime
+        return _runtime
+
+
+def stop_runtime() -> None:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.stop()
+            _runtime = None

@@ -1,0 +1,39 @@
+"""Worker settings (env prefix `TEXTQ_`): which models to serve and how to run them."""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TEXTQ_", extra="ignore")
+
+    # Comma-separated model names this worker serves; empty means every model in the registry.
+    worker_models: str = ""
+    # Task threads. Each blocks while its jobs are in a batch, so this bounds how many messages'
+    # jobs can share one batch; more threads than that only add GIL contention (see bench/).
+    worker_concurrency: int = Field(8, ge=1)
+    # Messages reserved per task thread beyond the ones running: small, so a busy worker does not
+    # hoard messages that an idle one could take.
+    worker_prefetch_multiplier: int = Field(2, ge=1)
+    # How long a claim protects a running job; past it another worker may take the job over.
+    lease_s: float = Field(300.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    sweep_interval_s: float = Field(10.0, gt=0)
+    # torch intra-op threads; default: every core. One batcher runs at a time per model, so
+    # intra-op parallelism is where the cores go (inter-op threads stay at 1).
+    torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # kombu restores unacked messages of dead workers every interval x throttle seconds.
+    unacked_restore_interval_s: float = Field(10.0, gt=0)
+
+    def served_models(self, available: list[str]) -> list[str]:
+        if not self.worker_models.strip():
+            return available
+        wanted = [m.strip() for m in self.worker_models.split(",") if m.strip()]
+        unknown = sorted(set(wanted) - set(available))
+        if unknown:
+            raise ValueError(f"TEXTQ_WORKER_MODELS names unknown models {unknown}; available: {available}")
+        return wanted
