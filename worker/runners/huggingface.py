@@ -23,7 +23,9 @@ class _HFRunner(Runner):
 
     def encode(self, texts: list[str]) -> Any:
         return self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt",
+            # BERT-style tokenizers add token_type_ids, which seq2seq models reject in generate().
+            return_token_type_ids=False,
         ).to(self.device)
 
 

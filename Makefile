@@ -1,0 +1,33 @@
+# textq developer commands. `make test` is what CI runs (through .ci/run).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines: pin torch so pip takes the CPU wheel instead of a multi-GB CUDA build.
+# On a GPU machine: make install TORCH_SPEC="torch"
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[worker,dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/textq demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check worker producer db tests bench
+	$(VENV)/bin/mypy worker producer db
+
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache textq.db textq.db-*

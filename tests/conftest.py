@@ -1,0 +1,95 @@
+"""Shared fixtures: per-backend databases, a Redis database, and a real worker subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.services import build_tiny_models, create_postgres_database, drop_postgres_database, fresh_redis_db
+
+# Before any textq import reads settings: test models live in a per-session folder.
+TEST_ROOT = Path(tempfile.mkdtemp(prefix="textq-tests-"))
+MODELS_FILE = TEST_ROOT / "models.json"
+MODELS_FILE.write_text(json.dumps([
+    {"name": "tiny-classifier", "kind": "classify", "runner": "hf_classifier",
+     "source": str(TEST_ROOT / "tiny-classifier")},
+    {"name": "tiny-seq2seq", "kind": "summarize", "runner": "hf_seq2seq",
+     "source": str(TEST_ROOT / "tiny-seq2seq"), "options": {"max_new_tokens": 8}},
+    {"name": "null", "kind": "classify", "runner": "null", "max_batch_size": 256},
+]))
+os.environ["TEXTQ_MODELS_FILE"] = str(MODELS_FILE)
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    database_url: str
+    broker_url: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "TEXTQ_DATABASE_URL": self.database_url,
+            "TEXTQ_BROKER_URL": self.broker_url,
+            "TEXTQ_MODELS_FILE": str(MODELS_FILE),
+            "TEXTQ_UNACKED_RESTORE_INTERVAL_S": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_test_root() -> Iterator[None]:
+    yield
+    shutil.rmtree(TEST_ROOT, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> Path:
+    if not (TEST_ROOT / "tiny-classifier").exists():
+        build_tiny_models(TEST_ROOT)
+    return TEST_ROOT
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tiny_models: Path) -> Iterator[Backend]:
+    """A migrated, empty database of each kind, with its own Redis database."""
+    from db import upgrade
+
+    broker_url = fresh_redis_db()
+    if request.param == "sqlite":
+        url = f"sqlite:///{TEST_ROOT / 'jobs.db'}"
+        upgrade(url)
+        yield Backend("sqlite", url, broker_url)
+        return
+    url, name = create_postgres_database()
+    upgrade(url)
+    yield Backend("postgresql", url, broker_url)
+    from db.engine import session_factory
+
+    session_factory.cache_clear()
+    drop_postgres_database(name)
+
+
+@pytest.fixture(scope="session")
+def worker(backend: Backend) -> Iterator[object]:
+    """One real worker process per backend serving every model, shared by the end-to-end tests."""
+    from producer.worker_process import WorkerProcess
+
+    process = WorkerProcess(env=backend.env, concurrency=8, log_path=TEST_ROOT / f"worker-{backend.name}.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def client(backend: Backend) -> Iterator[object]:
+    from producer import Client
+
+    with Client(database_url=backend.database_url, broker_url=backend.broker_url) as c:
+        yield c
