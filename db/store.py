@@ -255,9 +255,14 @@ def cancel_job(session: Session, *, job_id: uuid.UUID) -> bool:
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def jobs_to_republish(session: Session, *, stale_after: timedelta, limit: int) -> list[tuple[uuid.UUID, str, int]]:
+def jobs_to_republish(
+    session: Session, *, stale_after: timedelta, limit: int, busy_models: Iterable[str] = ()
+) -> list[tuple[uuid.UUID, str, int]]:
     """Jobs whose message was probably lost: queued and not published for a backoff period that
     doubles with each re-publish, or running with an expired lease. Marks them published now.
+
+    Queued jobs of `busy_models` (whose queue still holds messages) are left alone: their message
+    is most likely still waiting, and re-publishing a whole backlog would only add load.
 
     On PostgreSQL rows are locked with SKIP LOCKED, so sweepers in several workers share the work
     instead of publishing the same job twice.
@@ -268,7 +273,11 @@ def jobs_to_republish(session: Session, *, stale_after: timedelta, limit: int) -
         select(Job.id, Job.model, Job.priority, Job.status, Job.published_at, Job.publish_count)
         .where(
             or_(
-                and_(Job.status == JobStatus.QUEUED, Job.published_at < now - stale_after),
+                and_(
+                    Job.status == JobStatus.QUEUED,
+                    Job.published_at < now - stale_after,
+                    Job.model.not_in(list(busy_models)),
+                ),
                 and_(Job.status == JobStatus.RUNNING, Job.lease_until < now),
             )
         )
@@ -292,6 +301,19 @@ def jobs_to_republish(session: Session, *, stale_after: timedelta, limit: int) -
             execution_options={"synchronize_session": False},
         )
     return picked
+
+
+def expire_overdue_jobs(session: Session) -> int:
+    """End queued jobs whose deadline passed (they may never get a message to be claimed by)."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.QUEUED, Job.expires_at.is_not(None), Job.expires_at < now)
+        .values(status=JobStatus.EXPIRED, finished_at=now, error_type=EXPIRED_ERROR,
+                error_message="the job's deadline passed before it could run"),
+        execution_options={"synchronize_session": False},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def purge_jobs(session: Session, *, finished_before: datetime) -> int:

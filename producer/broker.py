@@ -70,6 +70,15 @@ class Publisher:
                         RUN_JOBS_TASK, args=[body], queue=queue_name(model), priority=priority, producer=producer
                     )
 
+    def queue_depth(self, model: str) -> int:
+        """Messages waiting on a model's queue (all priority levels), not counting reserved ones."""
+        with self.app.connection_for_read() as connection:
+            try:
+                return int(connection.default_channel.queue_declare(queue_name(model), passive=True).message_count)
+            except Exception as exc:  # a queue that never existed (e.g. amqp's NOT_FOUND)
+                log.debug("queue %s has no depth: %s", queue_name(model), exc)
+                return 0
+
     def redacted_url(self) -> str:
         return str(maybe_sanitize_url(self.settings.broker_url))
 

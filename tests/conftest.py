@@ -23,6 +23,15 @@ MODELS_FILE.write_text(json.dumps([
     {"name": "tiny-seq2seq", "kind": "summarize", "runner": "hf_seq2seq",
      "source": str(TEST_ROOT / "tiny-seq2seq"), "options": {"max_new_tokens": 8}},
     {"name": "null", "kind": "classify", "runner": "null", "max_batch_size": 256},
+    {"name": "echo", "kind": "classify", "runner": "tests.runners:EchoRunner", "max_wait_ms": 20,
+     "options": {"log": str(TEST_ROOT / "echo.log")}},
+    {"name": "slow", "kind": "classify", "runner": "tests.runners:EchoRunner", "max_batch_size": 4,
+     "options": {"sleep_s": 0.3, "log": str(TEST_ROOT / "slow.log")}},
+    {"name": "poison", "kind": "classify", "runner": "tests.runners:PoisonRunner", "max_wait_ms": 50,
+     "options": {"log": str(TEST_ROOT / "poison.log")}},
+    {"name": "hungry", "kind": "classify", "runner": "tests.runners:MemoryHungryRunner", "max_wait_ms": 50,
+     "options": {"max_fit": 4}},
+    {"name": "failing", "kind": "classify", "runner": "tests.runners:FailingRunner", "max_wait_ms": 50},
 ]))
 os.environ["TEXTQ_MODELS_FILE"] = str(MODELS_FILE)
 
@@ -39,6 +48,9 @@ class Backend:
             "TEXTQ_BROKER_URL": self.broker_url,
             "TEXTQ_MODELS_FILE": str(MODELS_FILE),
             "TEXTQ_UNACKED_RESTORE_INTERVAL_S": "1",
+            "TEXTQ_REPUBLISH_AFTER_S": "2",
+            "TEXTQ_SWEEP_INTERVAL_S": "0.5",
+            "TEXTQ_LEASE_S": "20",
             "TOKENIZERS_PARALLELISM": "false",
         }
 

@@ -18,12 +18,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
 
+import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import store
 from db.models import JobStatus
 from producer.contract import JobInput, parse_job_input
 from producer.errors import InvalidJobError
+from worker.retry import with_retries
 from worker.runners.base import Runner
 
 log = logging.getLogger(__name__)
@@ -118,38 +120,54 @@ class Batcher:
         return tickets, False
 
     def _run_batch(self, tickets: list[_Ticket]) -> None:
-        with self.sessions.begin() as session:
-            claims = store.claim_jobs(
-                session,
-                ids={t.job_id for t in tickets},
-                model=self.spec.name,
-                worker=self.worker_name,
-                lease=self.lease,
-                max_attempts=self.max_attempts,
-            )
+        claims = with_retries(lambda: self._claim({t.job_id for t in tickets}), what=f"claim {self.spec.name} batch")
         outcomes: list[store.Outcome] = []
         items: list[_Item] = []
+        suspects: list[_Item] = []
         for claim in claims:
             try:
                 job_input = parse_job_input(self.spec, claim.input)
             except InvalidJobError as exc:
                 outcomes.append(_failure(claim, exc))
                 continue
-            items.append(_Item(claim, job_input, self.runner.estimate_tokens(job_input)))
+            item = _Item(claim, job_input, self.runner.estimate_tokens(job_input))
+            # Tried before without a result: maybe it killed its worker. It runs alone, after the
+            # rest of the batch is written, so a poison job cannot take other jobs down with it.
+            (suspects if claim.attempts > 1 else items).append(item)
         items.sort(key=lambda item: item.tokens)
         started = time.perf_counter()
         for group in self._token_bounded(items):
             outcomes.extend(self._predict_isolating(group))
-        elapsed = time.perf_counter() - started
-        with self.sessions.begin() as session:
-            store.finish_jobs(session, outcomes=outcomes)
-        self.stats.batches += 1
-        self.stats.jobs += len(items)
-        self.stats.inference_s += elapsed
-        if self.on_batch is not None:
-            self.on_batch(len(items), elapsed)
+        self._record(outcomes, len(items), time.perf_counter() - started)
+        for suspect in suspects:
+            started = time.perf_counter()
+            self._record(self._predict_isolating([suspect]), 1, time.perf_counter() - started)
         for t in tickets:
             t.future.set_result(None)
+
+    def _claim(self, ids: set[uuid.UUID]) -> list[store.ClaimedJob]:
+        with self.sessions.begin() as session:
+            return store.claim_jobs(
+                session, ids=ids, model=self.spec.name, worker=self.worker_name,
+                lease=self.lease, max_attempts=self.max_attempts,
+            )
+
+    def _record(self, outcomes: list[store.Outcome], computed: int, elapsed: float) -> None:
+        """Write a batch's outcomes in one transaction (retried if the database drops)."""
+        finished = [o for o in outcomes if o.status is not JobStatus.QUEUED]
+        released = [store.ClaimedJob(o.id, self.spec.name, "", None, o.attempt) for o in outcomes if o.status is JobStatus.QUEUED]
+
+        def write() -> None:
+            with self.sessions.begin() as session:
+                store.finish_jobs(session, outcomes=finished)
+                store.release_jobs(session, claims=released)
+
+        with_retries(write, what=f"write {self.spec.name} results")
+        self.stats.batches += 1
+        self.stats.jobs += computed
+        self.stats.inference_s += elapsed
+        if self.on_batch is not None:
+            self.on_batch(computed, elapsed)
 
     def _token_bounded(self, items: list[_Item]) -> list[list[_Item]]:
         """Split length-sorted items so that padded size (count x longest) stays in budget."""
@@ -173,14 +191,24 @@ class Batcher:
                 raise RuntimeError(f"runner returned {len(outputs)} outputs for {len(items)} inputs")
         except Exception as exc:
             if len(items) == 1:
-                log.warning("job %s failed in %s: %r", items[0].claim.id, self.spec.name, exc)
-                return [_failure(items[0].claim, exc)]
+                claim = items[0].claim
+                if is_out_of_memory(exc):
+                    # Transient: memory may be free later. Back to queued; the sweeper re-publishes
+                    # it with backoff, and max_attempts bounds the retries.
+                    log.warning("job %s out of memory even alone; released for a later retry", claim.id)
+                    return [store.Outcome(id=claim.id, attempt=claim.attempts, status=JobStatus.QUEUED)]
+                log.warning("job %s failed in %s: %r", claim.id, self.spec.name, exc)
+                return [_failure(claim, exc)]
             half = len(items) // 2
             return self._predict_isolating(items[:half]) + self._predict_isolating(items[half:])
         return [
             store.Outcome(id=item.claim.id, attempt=item.claim.attempts, status=JobStatus.SUCCEEDED, output=output)
             for item, output in zip(items, outputs, strict=True)
         ]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 def _failure(claim: store.ClaimedJob, exc: Exception) -> store.Outcome:

@@ -83,9 +83,14 @@ class WorkerRuntime:
 
     def sweep_once(self) -> int:
         """Re-publish jobs whose message was lost or whose worker died; returns how many."""
+        busy = [m for m in self.registry.names() if self.publisher.queue_depth(m) > 0]
         with self.sessions.begin() as session:
+            store.expire_overdue_jobs(session)
             picked = store.jobs_to_republish(
-                session, stale_after=timedelta(seconds=producer_settings().republish_after_s), limit=1000
+                session,
+                stale_after=timedelta(seconds=producer_settings().republish_after_s),
+                limit=1000,
+                busy_models=busy,
             )
         for job_id, model, priority in picked:
             self.publisher.publish(model, priority, [job_id])

@@ -1,0 +1,62 @@
+"""Runners for tests, loaded by the worker from `module:Class` specs in the test models file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from worker.runners.base import Runner
+
+POISON = "POISON"
+
+
+class _TestRunner(Runner):
+    def setup(self) -> None:
+        self.log = Path(self.spec.options["log"]) if "log" in self.spec.options else None
+
+    def record(self, batch: list[Any]) -> None:
+        """Append each computed text to a shared file, one line each: counts computations."""
+        if self.log is not None:
+            with self.log.open("a") as f:
+                f.write("".join(f"{x.text}\n" for x in batch))
+
+
+class EchoRunner(_TestRunner):
+    """Deterministic output (the text's length and upper case), optionally slow per batch."""
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        time.sleep(float(self.spec.options.get("sleep_s", 0)))
+        self.record(batch)
+        return [{"label": x.text.upper(), "score": 1.0, "chars": len(x.text)} for x in batch]
+
+
+class PoisonRunner(EchoRunner):
+    """Kills its whole process when a batch contains the marker text, like a segfaulting model."""
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        if any(POISON in x.text for x in batch):
+            os._exit(1)
+        return super().predict(batch)
+
+
+class MemoryHungryRunner(EchoRunner):
+    """Raises CUDA's out-of-memory error class for batches above `options.max_fit` items, and
+    always for texts containing "HUGE" (too big even alone)."""
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        if len(batch) > int(self.spec.options.get("max_fit", 4)) or any("HUGE" in x.text for x in batch):
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super().predict(batch)
+
+
+class FailingRunner(EchoRunner):
+    """A model error on one input ("BAD" in the text): that job fails, the rest succeed."""
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        if any("BAD" in x.text for x in batch):
+            raise ValueError("model cannot handle this input")
+        return super().predict(batch)

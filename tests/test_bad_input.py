@@ -1,0 +1,134 @@
+"""Bad input is refused at submit with the field and the rule; nothing is written or enqueued."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from db.engine import session_factory
+from db.models import Job
+from producer import Client, InvalidJobError
+from producer.contract import parse_request
+from tests.conftest import Backend
+
+BAD_REQUESTS: list[tuple[dict[str, Any], str, str]] = [
+    ({"text": ""}, "text", "empty"),
+    ({"text": "   \n\t "}, "text", "whitespace"),
+    ({"text": None}, "text", "valid string"),
+    ({"text": 42}, "text", "valid string"),
+    ({"text": 4.2}, "text", "valid string"),
+    ({"text": {"nested": "object"}}, "text", "valid string"),
+    ({"text": ["a", "list"]}, "text", "valid string"),
+    ({"text": "x" * 20_001}, "text", "the limit is 20,000"),
+    ({"text": "x" * 10_000_000}, "text", "the limit is 20,000"),
+    ({"text": "lone \ud800 surrogate"}, "text", "surrogate"),
+    ({"text": "bell \x07 char"}, "text", "control character U+0007"),
+    ({"text": "nul \x00 byte"}, "text", "control character U+0000"),
+    ({"text": "ok", "model": "no-such-model"}, "model", "unknown model 'no-such-model'; available:"),
+    ({"task": "translate", "text": "ok"}, "request", "task must be 'classify' or 'summarize'"),
+    ({"text": "ok", "labels": []}, "labels", "at least one label"),
+    ({"text": "ok", "labels": ["a", "b", "A"]}, "labels", "duplicated"),
+    ({"text": "ok", "labels": ["a", ""]}, "labels", "empty"),
+    ({"text": "ok", "labels": [f"l{i}" for i in range(33)]}, "labels", "the limit is 32"),
+    ({"text": "ok", "labels": ["x" * 101]}, "labels", "longer than 100"),
+    ({"text": "ok", "labels": "sports"}, "labels", "valid list"),
+    ({"text": "ok", "labels": [1, 2]}, "labels.0", "valid string"),
+    ({"text": "ok", "model": "zero-shot"}, "labels", "give the candidate labels"),
+    ({"text": "ok", "model": "sentiment", "labels": ["a", "b"]}, "labels", "fixed labels"),
+    ({"task": "summarize", "text": "ok", "max_sentences": 0}, "max_sentences", "greater than or equal to 1"),
+    ({"task": "summarize", "text": "ok", "max_sentences": -3}, "max_sentences", "greater than or equal to 1"),
+    ({"task": "summarize", "text": "ok", "max_sentences": 10**9}, "max_sentences", "at most 20"),
+    ({"task": "summarize", "text": "ok", "max_sentences": "3"}, "max_sentences", "valid integer"),
+    ({"task": "summarize", "text": "ok", "model": "sentiment"}, "model", "serves classify jobs, not summarize"),
+    ({"text": "ok", "unknown_field": 1}, "unknown_field", "Extra inputs are not permitted"),
+    ({"text": "ok", "priority": 10}, "priority", "less than or equal to 9"),
+    ({"text": "ok", "priority": "high"}, "priority", "valid integer"),
+    ({"text": "ok", "timeout": -1}, "timeout", "greater than 0"),
+]
+
+
+def _count_rows(backend: Backend) -> int:
+    with session_factory(backend.database_url)() as session:
+        return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def _queued_messages(backend: Backend) -> int:
+    r = redis.Redis.from_url(backend.broker_url)
+    return sum(int(r.llen(k)) for k in r.keys("textq.*") if r.type(k) == b"list")
+
+
+@pytest.mark.parametrize(("request_data", "field", "rule"), BAD_REQUESTS, ids=[f"{b[1]}-{i}" for i, b in enumerate(BAD_REQUESTS)])
+def test_bad_request_is_refused_and_nothing_is_written(
+    client: Client, backend: Backend, request_data: dict[str, Any], field: str, rule: str
+) -> None:
+    rows, messages = _count_rows(backend), _queued_messages(backend)
+    with pytest.raises(InvalidJobError) as info:
+        client.submit(request_data)
+    assert info.value.errors[0].field == field, info.value
+    assert rule in str(info.value)
+    assert _count_rows(backend) == rows
+    assert _queued_messages(backend) == messages
+
+
+def test_one_bad_request_in_a_bulk_refuses_the_whole_bulk(client: Client, backend: Backend) -> None:
+    rows = _count_rows(backend)
+    requests: list[dict[str, object]] = [{"text": f"fine {i}", "model": "echo"} for i in range(10)]
+    requests[7] = {"text": "", "model": "echo"}
+    with pytest.raises(InvalidJobError) as info:
+        client.submit_many(requests)
+    assert info.value.errors[0].field == "requests[7].text"
+    assert _count_rows(backend) == rows
+
+
+def test_oversized_bulk_is_refused(client: Client) -> None:
+    with pytest.raises(InvalidJobError, match="limit is 10000"):
+        client.submit_many([{"text": "x", "model": "echo"}] * 10_001)
+
+
+def test_sdk_helpers_validate_too(client: Client) -> None:
+    with pytest.raises(InvalidJobError, match="text: must not be empty"):
+        client.classify("  ")
+    with pytest.raises(InvalidJobError, match="labels: label 'a' is duplicated"):
+        client.classify("ok", labels=["a", "a"])
+    with pytest.raises(InvalidJobError, match="max_sentences"):
+        client.summarize("ok", max_sentences=0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_is_either_accepted_unchanged_or_refused_with_a_text_error(text: str) -> None:
+    try:
+        request = parse_request({"text": text})
+    except InvalidJobError as exc:
+        assert [e.field for e in exc.errors] == ["text"]
+        return
+    assert request.text == text
+    assert text.strip()
+    text.encode("utf-8")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=40))
+def test_labels_accepted_only_when_unique_nonblank_and_within_limits(labels: list[str]) -> None:
+    try:
+        request = parse_request({"text": "ok", "labels": labels})
+    except InvalidJobError as exc:
+        assert [e.field for e in exc.errors] == ["labels"]
+        return
+    assert request.labels == labels
+    assert len({label.strip().casefold() for label in labels}) == len(labels) <= 32
+    assert all(label.strip() for label in labels)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=12), st.none() | st.integers() | st.text(max_size=5), max_size=5))
+def test_arbitrary_json_objects_never_crash_the_contract(data: dict[str, Any]) -> None:
+    try:
+        parse_request(data)
+    except InvalidJobError as exc:
+        assert exc.errors and all(e.field and e.message for e in exc.errors)
