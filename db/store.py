@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -100,12 +100,15 @@ def claim_jobs(
     worker: str,
     lease: timedelta,
     max_attempts: int,
+    first_attempt_only: bool = False,
 ) -> list[ClaimedJob]:
     """Claim the jobs among `ids` that are free to run: queued, or running with an expired lease.
 
     A claimed job is running, leased to `worker`, with attempts + 1. Jobs past their deadline end
     expired and jobs already tried `max_attempts` times end failed instead of being claimed.
-    Only jobs of `model` are claimed (a misrouted id stays queued for the sweeper to re-route).
+    With `first_attempt_only`, jobs tried before are left for a claim of their own: the batcher
+    runs each of those alone, so that a job which kills its worker cannot use up the attempts of
+    jobs batched with it. Only jobs of `model` are claimed (a misrouted id stays queued for the sweeper to re-route).
     Jobs that are finished or validly leased elsewhere are skipped: that is what makes duplicate
     and redelivered messages harmless.
     """
@@ -140,7 +143,7 @@ def claim_jobs(
     )
     result = session.execute(
         update(Job)
-        .where(claimable)
+        .where(claimable, Job.attempts == 0 if first_attempt_only else true())
         .values(
             status=JobStatus.RUNNING,
             attempts=Job.attempts + 1,

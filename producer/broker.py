@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
+from kombu import Exchange, Queue
 from kombu.utils.url import maybe_sanitize_url
 
 from producer.contract import MAX_JOBS_PER_MESSAGE, RUN_JOBS_TASK, JobMessage
@@ -43,6 +44,13 @@ def broker_config(settings: ProducerSettings) -> dict[str, Any]:
     }
 
 
+def model_queue(model: str) -> Queue:
+    """A model's queue, bound to a direct exchange of the same name (so routing never depends on a
+    default exchange that producer and worker might configure differently)."""
+    name = queue_name(model)
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
 def chunked(ids: Sequence[uuid.UUID], size: int) -> Iterable[Sequence[uuid.UUID]]:
     size = min(size, MAX_JOBS_PER_MESSAGE)
     for start in range(0, len(ids), size):
@@ -67,7 +75,7 @@ class Publisher:
                 for chunk in chunked(ids, self.settings.jobs_per_message):
                     body = JobMessage(model=model, job_ids=list(chunk)).model_dump(mode="json")
                     self.app.send_task(
-                        RUN_JOBS_TASK, args=[body], queue=queue_name(model), priority=priority, producer=producer
+                        RUN_JOBS_TASK, args=[body], queue=model_queue(model), priority=priority, producer=producer
                     )
 
     def queue_depth(self, model: str) -> int:

@@ -26,7 +26,7 @@ MODELS_FILE.write_text(json.dumps([
     {"name": "echo", "kind": "classify", "runner": "tests.runners:EchoRunner", "max_wait_ms": 20,
      "options": {"log": str(TEST_ROOT / "echo.log")}},
     {"name": "slow", "kind": "classify", "runner": "tests.runners:EchoRunner", "max_batch_size": 4,
-     "options": {"sleep_s": 0.3, "log": str(TEST_ROOT / "slow.log")}},
+     "options": {"sleep_s": 1.0, "log": str(TEST_ROOT / "slow.log")}},
     {"name": "poison", "kind": "classify", "runner": "tests.runners:PoisonRunner", "max_wait_ms": 50,
      "options": {"log": str(TEST_ROOT / "poison.log")}},
     {"name": "hungry", "kind": "classify", "runner": "tests.runners:MemoryHungryRunner", "max_wait_ms": 50,

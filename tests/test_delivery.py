@@ -9,6 +9,7 @@ from pathlib import Path
 from kombu import Connection, Exchange, Producer
 
 from producer import Client
+from producer.broker import model_queue
 from producer.contract import RUN_JOBS_TASK
 from producer.registry import queue_name
 from producer.worker_process import WorkerProcess
@@ -52,7 +53,7 @@ def test_malformed_messages_are_dropped_and_the_worker_keeps_serving(worker: Wor
     for args in (["garbage"], [{"job_ids": "not-a-list", "model": "echo"}], [{"job_ids": [], "model": "echo"}],
                  [], [{"job_ids": ["not-a-uuid"], "model": "echo"}], [{"job_ids": [str(uuid.uuid4())], "model": "echo"}],
                  [{"job_ids": [str(uuid.uuid4())], "model": "no-such-model"}]):
-        app.send_task(RUN_JOBS_TASK, args=args, queue=queue_name("echo"))
+        app.send_task(RUN_JOBS_TASK, args=args, queue=model_queue("echo"))
     view = client.wait(client.classify(unique_text("still-up"), model="echo").id, timeout=30)
     assert view.status == "succeeded"
     assert worker.alive()

@@ -10,9 +10,8 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
-from kombu import Queue
 
-from producer.broker import broker_config
+from producer.broker import broker_config, model_queue
 from producer.registry import default_registry
 from producer.settings import producer_settings
 from worker.settings import WorkerSettings
@@ -36,8 +35,8 @@ app.conf.update(
     worker_pool="threads",
     worker_concurrency=settings.worker_concurrency,
     worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
-    task_queues=[Queue(default_registry().get(m).queue) for m in served],
-    task_default_queue=default_registry().get(served[0]).queue,
+    task_queues=[model_queue(m) for m in served],
+    task_default_queue=model_queue(served[0]).name,
     worker_hijack_root_logger=True,
     worker_send_task_events=False,
     task_send_sent_event=False,

@@ -120,37 +120,48 @@ class Batcher:
         return tickets, False
 
     def _run_batch(self, tickets: list[_Ticket]) -> None:
-        claims = with_retries(lambda: self._claim({t.job_id for t in tickets}), what=f"claim {self.spec.name} batch")
-        outcomes: list[store.Outcome] = []
-        items: list[_Item] = []
-        suspects: list[_Item] = []
-        for claim in claims:
-            try:
-                job_input = parse_job_input(self.spec, claim.input)
-            except InvalidJobError as exc:
-                outcomes.append(_failure(claim, exc))
-                continue
-            item = _Item(claim, job_input, self.runner.estimate_tokens(job_input))
-            # Tried before without a result: maybe it killed its worker. It runs alone, after the
-            # rest of the batch is written, so a poison job cannot take other jobs down with it.
-            (suspects if claim.attempts > 1 else items).append(item)
+        ids = {t.job_id for t in tickets}
+        claims = self._claim(ids, first_attempt_only=True)
+        items, outcomes = self._parse(claims)
         items.sort(key=lambda item: item.tokens)
         started = time.perf_counter()
         for group in self._token_bounded(items):
             outcomes.extend(self._predict_isolating(group))
         self._record(outcomes, len(items), time.perf_counter() - started)
-        for suspect in suspects:
+        # Jobs tried before without a result (maybe they killed a worker) are claimed and run one
+        # by one after the batch is written, so a poison job takes no other job down with it.
+        for job_id in ids - {c.id for c in claims}:
+            retry_items, retry_outcomes = self._parse(self._claim({job_id}, first_attempt_only=False))
             started = time.perf_counter()
-            self._record(self._predict_isolating([suspect]), 1, time.perf_counter() - started)
+            for item in retry_items:
+                retry_outcomes.extend(self._predict_isolating([item]))
+            if retry_outcomes:
+                self._record(retry_outcomes, len(retry_items), time.perf_counter() - started)
         for t in tickets:
             t.future.set_result(None)
 
-    def _claim(self, ids: set[uuid.UUID]) -> list[store.ClaimedJob]:
-        with self.sessions.begin() as session:
-            return store.claim_jobs(
-                session, ids=ids, model=self.spec.name, worker=self.worker_name,
-                lease=self.lease, max_attempts=self.max_attempts,
-            )
+    def _claim(self, ids: set[uuid.UUID], *, first_attempt_only: bool) -> list[store.ClaimedJob]:
+        def claim() -> list[store.ClaimedJob]:
+            with self.sessions.begin() as session:
+                return store.claim_jobs(
+                    session, ids=ids, model=self.spec.name, worker=self.worker_name,
+                    lease=self.lease, max_attempts=self.max_attempts, first_attempt_only=first_attempt_only,
+                )
+
+        return with_retries(claim, what=f"claim {self.spec.name} jobs")
+
+    def _parse(self, claims: list[store.ClaimedJob]) -> tuple[list[_Item], list[store.Outcome]]:
+        """Validate claimed inputs again (rows and messages can bypass the producer)."""
+        items: list[_Item] = []
+        failures: list[store.Outcome] = []
+        for claim in claims:
+            try:
+                job_input = parse_job_input(self.spec, claim.input)
+            except InvalidJobError as exc:
+                failures.append(_failure(claim, exc))
+                continue
+            items.append(_Item(claim, job_input, self.runner.estimate_tokens(job_input)))
+        return items, failures
 
     def _record(self, outcomes: list[store.Outcome], computed: int, elapsed: float) -> None:
         """Write a batch's outcomes in one transaction (retried if the database drops)."""

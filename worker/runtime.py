@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import wait
 from datetime import timedelta
@@ -92,8 +93,10 @@ class WorkerRuntime:
                 limit=1000,
                 busy_models=busy,
             )
+        groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
         for job_id, model, priority in picked:
-            self.publisher.publish(model, priority, [job_id])
+            groups[(model, priority)].append(job_id)
+        self.publisher.publish_groups((m, p, ids) for (m, p), ids in groups.items())
         if picked:
             log.warning("sweeper re-published %d jobs", len(picked))
         return len(picked)
