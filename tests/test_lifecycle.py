@@ -1,0 +1,76 @@
+"""Cancel, deadlines, idempotency keys and priorities, against a real worker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from producer import Client
+from producer.worker_process import WorkerProcess
+from tests.conftest import Backend
+from tests.services import fresh_redis_db
+from tests.helpers import computed_texts, unique_text, wait_until
+
+
+def test_cancelled_queued_job_is_never_computed(worker: WorkerProcess, client: Client) -> None:
+    backlog = client.submit_many([{"text": unique_text("backlog"), "model": "slow"} for _ in range(8)])
+    victim_text = unique_text("cancel-queued")
+    victim = client.classify(victim_text, model="slow")
+    assert client.cancel(victim.id).status == "cancelled"
+    client.wait_many([j.id for j in backlog], timeout=60)
+    time.sleep(1.5)  # the victim's message has been consumed by now
+    assert client.get(victim.id).status == "cancelled"
+    assert computed_texts("slow")[victim_text] == 0
+
+
+def test_cancelled_running_job_keeps_no_result(worker: WorkerProcess, client: Client) -> None:
+    job = client.classify(unique_text("cancel-running"), model="slow")
+    wait_until(lambda: client.get(job.id).status == "running", what="job running")
+    assert client.cancel(job.id).status == "cancelled"
+    time.sleep(1.5)  # the batch ends and tries to write
+    view = client.get(job.id)
+    assert view.status == "cancelled"
+    assert view.output is None
+
+
+def test_cancelling_a_finished_job_changes_nothing(worker: WorkerProcess, client: Client) -> None:
+    done = client.wait(client.classify(unique_text("done"), model="echo").id, timeout=30)
+    assert client.cancel(done.id).status == "succeeded"
+
+
+def test_job_past_its_deadline_expires_unrun(worker: WorkerProcess, client: Client) -> None:
+    client.submit_many([{"text": unique_text("backlog"), "model": "slow"} for _ in range(8)])
+    text = unique_text("deadline")
+    view = client.wait(client.classify(text, model="slow", timeout=0.5).id, timeout=60)
+    assert view.status == "expired"
+    assert view.error_type == "DeadlineExceeded"
+    assert computed_texts("slow")[text] == 0
+
+
+def test_idempotency_key_returns_the_same_job_under_concurrent_submits(worker: WorkerProcess, backend: Backend) -> None:
+    key = f"order-{uuid.uuid4()}"
+
+    def submit(_: int) -> uuid.UUID:
+        with Client(database_url=backend.database_url, broker_url=backend.broker_url) as c:
+            return c.classify("same request", model="echo", idempotency_key=key).id
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(submit, range(16)))
+    assert len(ids) == 1
+    with Client(database_url=backend.database_url, broker_url=backend.broker_url) as c:
+        assert c.wait(ids.pop(), timeout=30).status == "succeeded"
+
+
+def test_high_priority_jobs_overtake_a_low_priority_backlog(backend: Backend) -> None:
+    broker_url = fresh_redis_db()  # a broker of its own: no other worker takes these messages
+    env = {**backend.env, "TEXTQ_BROKER_URL": broker_url, "TEXTQ_WORKER_MODELS": "echo", "TEXTQ_WORKER_PREFETCH_MULTIPLIER": "1"}
+    with Client(database_url=backend.database_url, broker_url=broker_url) as client:
+        # One job per message, so that message order is job order; submitted before any worker runs.
+        low = [client.classify(unique_text("low"), model="echo", priority=9).id for _ in range(40)]
+        high = [client.classify(unique_text("high"), model="echo", priority=0).id for _ in range(5)]
+        with WorkerProcess(env=env, concurrency=1, name="priority"):
+            views = {v.id: v for v in client.wait_many(low + high, timeout=120)}
+    order = sorted(views, key=lambda i: views[i].finished_at)  # type: ignore[arg-type, return-value]
+    high_positions = [order.index(i) for i in high]
+    assert max(high_positions) < 15, high_positions  # all five ran before most of the backlog
