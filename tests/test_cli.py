@@ -1,0 +1,78 @@
+"""The `textq` command line, run as a real subprocess against the real worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from producer.worker_process import WorkerProcess
+from tests.conftest import Backend
+from tests.helpers import unique_text
+
+TEXTQ = [sys.executable, "-c", "from producer.cli import main; main()"]
+
+
+def textq(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TEXTQ, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.mark.parametrize("command", [[], ["worker"], ["submit"], ["get"], ["wait"], ["cancel"], ["models"],
+                                     ["db"], ["db", "upgrade"], ["demo"]])
+def test_every_command_explains_itself(command: list[str]) -> None:
+    result = textq(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: " in result.stdout
+    assert len(result.stdout.splitlines()) > 4
+
+
+def test_submit_wait_get_round_trip(worker: WorkerProcess, backend: Backend) -> None:
+    submitted = textq("submit", "I loved it", "--model", "sentiment", "--wait", "60", "--json", env=backend.env)
+    assert submitted.returncode == 0, submitted.stderr
+    view = json.loads(submitted.stdout)
+    assert view["status"] == "succeeded"
+    assert view["output"]["label"] == "positive"
+    shown = textq("get", view["id"], env=backend.env)
+    assert f"id:       {view['id']}" in shown.stdout
+    assert "status:   succeeded" in shown.stdout
+    waited = textq("wait", view["id"], "--json", env=backend.env)
+    assert json.loads(waited.stdout)["id"] == view["id"]
+
+
+def test_zero_shot_and_summarize_from_the_cli(worker: WorkerProcess, backend: Backend) -> None:
+    zs = textq("submit", "The striker scored twice", "--labels", "sports,politics", "--wait", "60", "--json", env=backend.env)
+    assert json.loads(zs.stdout)["output"]["label"] == "sports"
+    text = "Cats sleep a lot. Dogs like walks. Birds can fly. Fish swim in water."
+    sm = textq("submit", text, "--summarize", "--max-sentences", "2", "--wait", "60", "--json", env=backend.env)
+    assert len(json.loads(sm.stdout)["output"]["sentences"]) == 2
+
+
+def test_bulk_file_submit(worker: WorkerProcess, backend: Backend, tmp_path: Path) -> None:
+    lines = [json.dumps({"text": unique_text("cli-bulk"), "model": "echo"}) for _ in range(100)]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(lines))
+    result = textq("submit", "--file", str(tmp_path / "jobs.jsonl"), "--wait", "60", env=backend.env)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["succeeded"] * 100
+
+
+def test_bad_input_is_a_clear_error_with_nonzero_exit(backend: Backend) -> None:
+    for args, message in ((["submit", "   "], "text: must not be empty"),
+                          (["submit", "ok", "--model", "nope"], "unknown model 'nope'"),
+                          (["submit", "ok", "--labels", "a,a"], "duplicated"),
+                          (["get", "not-a-uuid"], "is not a job id"),
+                          (["get", "00000000-0000-0000-0000-000000000000"], "no job with id")):
+        result = textq(*args, env=backend.env)
+        assert result.returncode == 1, (args, result.stdout)
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_db_upgrade_is_idempotent(backend: Backend) -> None:
+    result = textq("db", "upgrade", env=backend.env)
+    assert result.returncode == 0, result.stderr
+    assert "is at head" in result.stdout
