@@ -10,14 +10,16 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, true, update
+from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import FINISHED_STATUSES, Job, JobStatus, utcnow
 
+# The Core table, for bulk statements (executemany) that the ORM would do row by row.
+JOBS = cast(Table, Job.__table__)
 MAX_ATTEMPTS_ERROR = "MaxAttemptsExceeded"
 EXPIRED_ERROR = "DeadlineExceeded"
 
@@ -82,11 +84,11 @@ def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
     ]
     keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
     if not keys:
-        session.execute(Job.__table__.insert(), rows)
+        session.execute(JOBS.insert(), rows)
         return [j.id for j in jobs]
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(Job.__table__).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    stmt = insert(JOBS).on_conflict_do_nothing(index_elements=["idempotency_key"])
     session.execute(stmt, rows)
     existing = dict(session.execute(select(Job.idempotency_key, Job.id).where(Job.idempotency_key.in_(keys))).tuples().all())
     return [existing[j.idempotency_key] if j.idempotency_key is not None else j.id for j in jobs]
@@ -166,13 +168,12 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
     if not outcomes:
         return
     now = utcnow()
-    table = Job.__table__
     stmt = (
-        update(table)
+        update(JOBS)
         .where(
-            table.c.id == bindparam("b_id"),
-            table.c.attempts == bindparam("b_attempt"),
-            table.c.status == JobStatus.RUNNING.value,
+            JOBS.c.id == bindparam("b_id"),
+            JOBS.c.attempts == bindparam("b_attempt"),
+            JOBS.c.status == JobStatus.RUNNING.value,
         )
         .values(
             status=bindparam("b_status"),
@@ -201,13 +202,12 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
 
 def release_jobs(session: Session, *, claims: Sequence[ClaimedJob]) -> None:
     """Put running jobs back to queued under their claim (a drained or retried batch)."""
-    table = Job.__table__
     stmt = (
-        update(table)
+        update(JOBS)
         .where(
-            table.c.id == bindparam("b_id"),
-            table.c.attempts == bindparam("b_attempt"),
-            table.c.status == JobStatus.RUNNING.value,
+            JOBS.c.id == bindparam("b_id"),
+            JOBS.c.attempts == bindparam("b_attempt"),
+            JOBS.c.status == JobStatus.RUNNING.value,
         )
         .values(status=JobStatus.QUEUED.value, lease_until=None, worker=None)
     )

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 from kombu.utils.url import maybe_sanitize_url
 
 from producer.contract import MAX_JOBS_PER_MESSAGE, RUN_JOBS_TASK, JobMessage

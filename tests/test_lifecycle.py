@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from producer import Client
 from producer.worker_process import WorkerProcess
 from tests.conftest import Backend
-from tests.services import fresh_redis_db
 from tests.helpers import computed_texts, unique_text, wait_until
+from tests.services import fresh_redis_db
 
 
 def test_cancelled_queued_job_is_never_computed(worker: WorkerProcess, client: Client) -> None:
