@@ -17,23 +17,57 @@ from tests.services import build_tiny_models, create_postgres_database, drop_pos
 # Before any textq import reads settings: test models live in a per-session folder.
 TEST_ROOT = Path(tempfile.mkdtemp(prefix="textq-tests-"))
 MODELS_FILE = TEST_ROOT / "models.json"
-MODELS_FILE.write_text(json.dumps([
-    {"name": "tiny-classifier", "kind": "classify", "runner": "hf_classifier",
-     "source": str(TEST_ROOT / "tiny-classifier")},
-    {"name": "tiny-seq2seq", "kind": "summarize", "runner": "hf_seq2seq",
-     "source": str(TEST_ROOT / "tiny-seq2seq"), "options": {"max_new_tokens": 8}},
-    {"name": "null", "kind": "classify", "runner": "null", "max_batch_size": 256},
-    {"name": "echo", "kind": "classify", "runner": "tests.runners:EchoRunner", "max_wait_ms": 20,
-     "options": {"log": str(TEST_ROOT / "echo.log")}},
-    {"name": "slow", "kind": "classify", "runner": "tests.runners:EchoRunner", "max_batch_size": 4,
-     "options": {"sleep_s": 1.0, "log": str(TEST_ROOT / "slow.log")}},
-    {"name": "poison", "kind": "classify", "runner": "tests.runners:PoisonRunner", "max_wait_ms": 50,
-     "options": {"log": str(TEST_ROOT / "poison.log")}},
-    {"name": "hungry", "kind": "classify", "runner": "tests.runners:MemoryHungryRunner", "max_wait_ms": 50,
-     "options": {"max_fit": 4}},
-    {"name": "failing", "kind": "classify", "runner": "tests.runners:FailingRunner", "max_wait_ms": 50},
-]))
+MODELS_FILE.write_text(
+    json.dumps(
+        [
+            {
+                "name": "tiny-classifier",
+                "kind": "classify",
+                "runner": "hf_classifier",
+                "source": str(TEST_ROOT / "tiny-classifier"),
+            },
+            {
+                "name": "tiny-seq2seq",
+                "kind": "summarize",
+                "runner": "hf_seq2seq",
+                "source": str(TEST_ROOT / "tiny-seq2seq"),
+                "options": {"max_new_tokens": 8},
+            },
+            {"name": "null", "kind": "classify", "runner": "null", "max_batch_size": 256},
+            {
+                "name": "echo",
+                "kind": "classify",
+                "runner": "tests.runners:EchoRunner",
+                "max_wait_ms": 20,
+                "options": {"log": str(TEST_ROOT / "echo.log")},
+            },
+            {
+                "name": "slow",
+                "kind": "classify",
+                "runner": "tests.runners:EchoRunner",
+                "max_batch_size": 4,
+                "options": {"sleep_s": 1.0, "log": str(TEST_ROOT / "slow.log")},
+            },
+            {
+                "name": "poison",
+                "kind": "classify",
+                "runner": "tests.runners:PoisonRunner",
+                "max_wait_ms": 50,
+                "options": {"log": str(TEST_ROOT / "poison.log")},
+            },
+            {
+                "name": "hungry",
+                "kind": "classify",
+                "runner": "tests.runners:MemoryHungryRunner",
+                "max_wait_ms": 50,
+                "options": {"max_fit": 4},
+            },
+            {"name": "failing", "kind": "classify", "runner": "tests.runners:FailingRunner", "max_wait_ms": 50},
+        ]
+    )
+)
 os.environ["TEXTQ_MODELS_FILE"] = str(MODELS_FILE)
+
 
 @dataclass(frozen=True)
 class Backend:

@@ -91,14 +91,32 @@ def build_tiny_models(root: Path) -> None:
     tokenizer = BertTokenizerFast(vocab_file=str(vocab))
 
     cls_dir = root / "tiny-classifier"
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, num_labels=3,
-                        id2label={0: "alpha", 1: "beta", 2: "gamma"}, label2id={"alpha": 0, "beta": 1, "gamma": 2})
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        num_labels=3,
+        id2label={0: "alpha", 1: "beta", 2: "gamma"},
+        label2id={"alpha": 0, "beta": 1, "gamma": 2},
+    )
     BertForSequenceClassification(config).save_pretrained(cls_dir)
     tokenizer.save_pretrained(cls_dir)
 
     s2s_dir = root / "tiny-seq2seq"
-    t5 = T5Config(vocab_size=len(words), d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1,
-                  num_heads=2, decoder_start_token_id=0, pad_token_id=0, eos_token_id=3)
+    t5 = T5Config(
+        vocab_size=len(words),
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=3,
+    )
     T5ForConditionalGeneration(t5).save_pretrained(s2s_dir)
     tokenizer.save_pretrained(s2s_dir)

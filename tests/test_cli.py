@@ -18,12 +18,14 @@ TEXTQ = [sys.executable, "-c", "from producer.cli import main; main()"]
 
 
 def textq(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TEXTQ, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [*TEXTQ, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
-@pytest.mark.parametrize("command", [[], ["worker"], ["submit"], ["get"], ["wait"], ["cancel"], ["models"],
-                                     ["db"], ["db", "upgrade"], ["demo"]])
+@pytest.mark.parametrize(
+    "command", [[], ["worker"], ["submit"], ["get"], ["wait"], ["cancel"], ["models"], ["db"], ["db", "upgrade"], ["demo"]]
+)
 def test_every_command_explains_itself(command: list[str]) -> None:
     result = textq(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -61,11 +63,13 @@ def test_bulk_file_submit(worker: WorkerProcess, backend: Backend, tmp_path: Pat
 
 
 def test_bad_input_is_a_clear_error_with_nonzero_exit(backend: Backend) -> None:
-    for args, message in ((["submit", "   "], "text: must not be empty"),
-                          (["submit", "ok", "--model", "nope"], "unknown model 'nope'"),
-                          (["submit", "ok", "--labels", "a,a"], "duplicated"),
-                          (["get", "not-a-uuid"], "is not a job id"),
-                          (["get", "00000000-0000-0000-0000-000000000000"], "no job with id")):
+    for args, message in (
+        (["submit", "   "], "text: must not be empty"),
+        (["submit", "ok", "--model", "nope"], "unknown model 'nope'"),
+        (["submit", "ok", "--labels", "a,a"], "duplicated"),
+        (["get", "not-a-uuid"], "is not a job id"),
+        (["get", "00000000-0000-0000-0000-000000000000"], "no job with id"),
+    ):
         result = textq(*args, env=backend.env)
         assert result.returncode == 1, (args, result.stdout)
         assert message in result.stderr

@@ -27,7 +27,11 @@ def test_redelivered_message_for_a_finished_job_changes_nothing(worker: WorkerPr
     assert follower.status == "succeeded"
     after = rows(backend, [job.id])[0]
     assert (after.status, after.attempts, after.finished_at, after.output) == (
-        before.status, before.attempts, before.finished_at, before.output)
+        before.status,
+        before.attempts,
+        before.finished_at,
+        before.output,
+    )
     assert computed_texts("echo")[text] == 1
 
 
@@ -48,11 +52,19 @@ def test_row_with_bad_input_fails_alone_with_a_readable_error(worker: WorkerProc
     assert "input.text: must not be empty" in (views[2].error_message or "")
 
 
-def test_malformed_messages_are_dropped_and_the_worker_keeps_serving(worker: WorkerProcess, client: Client, backend: Backend) -> None:
+def test_malformed_messages_are_dropped_and_the_worker_keeps_serving(
+    worker: WorkerProcess, client: Client, backend: Backend
+) -> None:
     app = publisher(backend).app
-    for args in (["garbage"], [{"job_ids": "not-a-list", "model": "echo"}], [{"job_ids": [], "model": "echo"}],
-                 [], [{"job_ids": ["not-a-uuid"], "model": "echo"}], [{"job_ids": [str(uuid.uuid4())], "model": "echo"}],
-                 [{"job_ids": [str(uuid.uuid4())], "model": "no-such-model"}]):
+    for args in (
+        ["garbage"],
+        [{"job_ids": "not-a-list", "model": "echo"}],
+        [{"job_ids": [], "model": "echo"}],
+        [],
+        [{"job_ids": ["not-a-uuid"], "model": "echo"}],
+        [{"job_ids": [str(uuid.uuid4())], "model": "echo"}],
+        [{"job_ids": [str(uuid.uuid4())], "model": "no-such-model"}],
+    ):
         app.send_task(RUN_JOBS_TASK, args=args, queue=model_queue("echo"))
     view = client.wait(client.classify(unique_text("still-up"), model="echo").id, timeout=30)
     assert view.status == "succeeded"
@@ -69,8 +81,12 @@ def test_pickle_message_is_rejected_and_never_unpickled(worker: WorkerProcess, c
     body = pickle.dumps(((Exploit(),), {}, {}))
     with Connection(backend.broker_url) as conn:
         Producer(conn.default_channel).publish(
-            body, routing_key=queue_name("echo"), exchange=Exchange(queue_name("echo"), type="direct"),
-            serializer=None, content_type="application/x-python-serialize", content_encoding="binary",
+            body,
+            routing_key=queue_name("echo"),
+            exchange=Exchange(queue_name("echo"), type="direct"),
+            serializer=None,
+            content_type="application/x-python-serialize",
+            content_encoding="binary",
             headers={"lang": "py", "task": RUN_JOBS_TASK, "id": str(uuid.uuid4()), "argsrepr": "", "kwargsrepr": ""},
         )
     view = client.wait(client.classify(unique_text("after-pickle"), model="echo").id, timeout=30)

@@ -28,8 +28,14 @@ def test_demo_with_embedded_broker_prints_results_and_leaves_nothing_running(tmp
     database_url = f"sqlite:///{tmp_path / 'demo.db'}"
     env = {**os.environ, "TEXTQ_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0", "TEXTQ_DATABASE_URL": database_url}
     env.pop("TEXTQ_MODELS_FILE", None)
-    result = subprocess.run([sys.executable, "-c", "from producer.cli import main; main()", "demo"], env=env,
-                            capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", "from producer.cli import main; main()", "demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "embedded valkey" in result.stdout
     table = result.stdout.split("model ", 1)[1]

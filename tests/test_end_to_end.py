@@ -31,9 +31,11 @@ def test_zero_shot_uses_labels_from_request(worker: WorkerProcess, client: Clien
 
 
 def test_extractive_summary_picks_input_sentences(worker: WorkerProcess, client: Client) -> None:
-    text = ("Solar panels are getting cheaper every year. Many homeowners now install them. "
-            "The weather was sunny on Tuesday. Governments offer subsidies for renewable energy. "
-            "Experts expect solar power to keep growing.")
+    text = (
+        "Solar panels are getting cheaper every year. Many homeowners now install them. "
+        "The weather was sunny on Tuesday. Governments offer subsidies for renewable energy. "
+        "Experts expect solar power to keep growing."
+    )
     view = client.wait(client.summarize(text, max_sentences=2).id, timeout=60)
     assert view.status == "succeeded", view.error_message
     assert len(view.output["sentences"]) == 2

@@ -66,7 +66,7 @@ def test_sentiment_gets_at_least_9_of_10_obvious_sentences(sentiment: Runner) ->
 
 def test_sentiment_scores_are_a_distribution_over_both_labels(sentiment: Runner) -> None:
     (out,) = sentiment.predict([ClassifyInput(text="I loved it")])
-    assert [s["label"] for s in out["scores"]][0] == out["label"]
+    assert out["scores"][0]["label"] == out["label"]
     assert {s["label"] for s in out["scores"]} == {"positive", "negative"}
     assert sum(s["score"] for s in out["scores"]) == pytest.approx(1, abs=1e-4)
 

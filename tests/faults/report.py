@@ -22,9 +22,8 @@ def tally(database_url: str, views: Sequence[JobView], texts: Sequence[str], com
         "succeeded": sum(v.status == "succeeded" for v in views),
         "failed": sum(v.status == "failed" for v in views),
         "lost": sum(not v.done for v in views),
-        "duplicated": sum(inputs[t] - 1 for t in texts) + sum(
-            1 for v, t in zip(views, texts, strict=True) if v.attempts == 1 and computed[t] > 1
-        ),
+        "duplicated": sum(inputs[t] - 1 for t in texts)
+        + sum(1 for v, t in zip(views, texts, strict=True) if v.attempts == 1 and computed[t] > 1),
     }
     print("\n" + " / ".join(f"{k} {v}" for k, v in counts.items()))
     return counts

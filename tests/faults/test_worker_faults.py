@@ -30,8 +30,7 @@ def test_kill_9_mid_batch_then_a_new_worker_finishes_every_job_once(postgres_db:
         first = WorkerProcess(env=env, concurrency=4).start()
         jobs = client.submit_many([{"text": t, "model": "slow"} for t in texts])
         ids = [j.id for j in jobs]
-        wait_until(lambda: {"running", "succeeded"} <= set(_statuses(client, ids)),
-                   what="a batch in flight after one finished")
+        wait_until(lambda: {"running", "succeeded"} <= set(_statuses(client, ids)), what="a batch in flight after one finished")
         first.kill()
         assert "running" in _statuses(client, ids)  # killed mid-batch: claimed jobs left behind
         with WorkerProcess(env=env, concurrency=4):
@@ -97,8 +96,7 @@ def test_same_message_on_two_workers_is_computed_and_written_once(
         from db.engine import session_factory
 
         with session_factory(postgres_db).begin() as session:
-            ids = store.create_jobs(session, jobs=[store.NewJob(model="slow", task="classify", input={"text": t})
-                                                   for t in texts])
+            ids = store.create_jobs(session, jobs=[store.NewJob(model="slow", task="classify", input={"text": t}) for t in texts])
         for _ in range(copies):
             publisher(backend).publish("slow", 5, ids)
         views = client.wait_many(ids, timeout=60)
