@@ -179,5 +179,22 @@ def demo(timeout: float) -> None:
     run_demo(timeout)
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: all).")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--insecure-dev", is_flag=True, help="Serve without TEXTQ_API_KEYS (a laptop only, never a network).")
+def api(host: str, port: int, insecure_dev: bool) -> None:
+    """Serve the HTTP gateway (needs the `api` extra): /v1/jobs, /healthz, /readyz, docs at /docs."""
+    try:
+        import uvicorn
+
+        from producer.gateway import GatewaySettings, create_app
+    except ImportError as exc:
+        raise click.ClickException(f"{exc}: install the gateway with pip install 'textq[api]'") from None
+
+    settings = GatewaySettings(insecure_dev=True) if insecure_dev else GatewaySettings()
+    uvicorn.run(create_app(settings=settings), host=host, port=port)
+
+
 def main() -> None:
     cli()

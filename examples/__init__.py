@@ -1,0 +1,1 @@
+"""Runnable examples of using textq from a web backend (tested in tests/test_example_*.py)."""
