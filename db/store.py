@@ -42,6 +42,7 @@ class ClaimedJob:
     task: str
     input: Any
     attempts: int
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,7 @@ def claim_jobs(
             worker=worker,
             lease_until=now + lease,
         )
-        .returning(Job.id, Job.model, Job.task, Job.input, Job.attempts),
+        .returning(Job.id, Job.model, Job.task, Job.input, Job.attempts, Job.created_at),
         execution_options={"synchronize_session": False},
     )
     return [ClaimedJob(*row) for row in result.tuples()]
@@ -200,8 +201,8 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
     )
 
 
-def release_jobs(session: Session, *, claims: Sequence[ClaimedJob]) -> None:
-    """Put running jobs back to queued under their claim (a drained or retried batch)."""
+def release_jobs(session: Session, *, claims: Sequence[tuple[uuid.UUID, int]]) -> None:
+    """Put running jobs back to queued under their (id, attempt) claim, for a later retry."""
     stmt = (
         update(JOBS)
         .where(
@@ -212,7 +213,7 @@ def release_jobs(session: Session, *, claims: Sequence[ClaimedJob]) -> None:
         .values(status=JobStatus.QUEUED.value, lease_until=None, worker=None)
     )
     if claims:
-        session.execute(stmt, [{"b_id": c.id, "b_attempt": c.attempts} for c in claims])
+        session.execute(stmt, [{"b_id": job_id, "b_attempt": attempt} for job_id, attempt in claims])
 
 
 def get_job(session: Session, *, job_id: uuid.UUID) -> Job | None:

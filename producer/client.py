@@ -23,6 +23,7 @@ from producer.contract import (
     resolve_model,
 )
 from producer.errors import InvalidJobError, JobNotFoundError, JobTimeoutError
+from producer.notify import redis_for, watch_finished
 from producer.registry import Registry, default_registry
 from producer.settings import ProducerSettings, producer_settings
 
@@ -53,6 +54,7 @@ class Client:
         self.registry = registry or default_registry()
         self._sessions = session_factory(self.database_url)
         self._publisher = Publisher(settings)
+        self._redis = redis_for(settings.broker_url)
 
     # -- submitting -------------------------------------------------------------------------
     def classify(
@@ -154,27 +156,34 @@ class Client:
             raise JobNotFoundError(f"no job with id {', '.join(missing[:5])}")
         return [found[i] for i in wanted]
 
-    def wait(self, job_id: uuid.UUID | str, *, timeout: float = 30.0, poll_interval: float = 0.05) -> JobView:
+    def wait(self, job_id: uuid.UUID | str, *, timeout: float = 30.0, poll_interval: float = 1.0) -> JobView:
         """Block until the job is finished (succeeded, failed, cancelled or expired)."""
         return self.wait_many([job_id], timeout=timeout, poll_interval=poll_interval)[0]
 
     def wait_many(
-        self, ids: Sequence[uuid.UUID | str], *, timeout: float = 60.0, poll_interval: float = 0.05
+        self, ids: Sequence[uuid.UUID | str], *, timeout: float = 60.0, poll_interval: float = 1.0
     ) -> list[JobView]:
+        """Block until every job is finished. Wakes on the worker's finish notification (Redis
+        pub/sub) and re-reads the rows; polls every `poll_interval` s in case one was missed."""
+        wanted = [_as_uuid(i) for i in ids]
         deadline = time.monotonic() + timeout
-        delay = min(poll_interval, 0.01)
-        while True:
-            views = self.get_many(ids)
-            pending = [v for v in views if not v.done]
-            if not pending:
-                return views
-            if time.monotonic() >= deadline:
-                raise JobTimeoutError(
-                    f"{len(pending)} of {len(views)} jobs not finished after {timeout:g}s "
-                    f"(first: {pending[0].id}, {pending[0].status}); they may still finish: call get()"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, poll_interval)
+        views = {v.id: v for v in self.get_many(wanted)}
+        pending = [i for i in wanted if not views[i].done]
+        if pending:
+            with watch_finished(self._redis, pending) as watcher:
+                while pending:
+                    views.update((v.id, v) for v in self.get_many(pending))
+                    pending = [i for i in pending if not views[i].done]
+                    left = deadline - time.monotonic()
+                    if pending and left <= 0:
+                        first = views[pending[0]]
+                        raise JobTimeoutError(
+                            f"{len(pending)} of {len(wanted)} jobs not finished after {timeout:g}s "
+                            f"(first: {first.id}, {first.status}); they may still finish: call get()"
+                        )
+                    if pending:
+                        watcher.wait(min(left, poll_interval))
+        return [views[i] for i in wanted]
 
     def cancel(self, job_id: uuid.UUID | str) -> JobView:
         """Cancel a queued or running job; a finished job is returned unchanged."""
@@ -184,6 +193,8 @@ class Client:
 
     def close(self) -> None:
         self._publisher.close()
+        if self._redis is not None:
+            self._redis.close()
 
     def __enter__(self) -> Client:
         return self

@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,24 +104,37 @@ def tiny_models() -> Path:
     return TEST_ROOT
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tiny_models: Path) -> Iterator[Backend]:
-    """A migrated, empty database of each kind, with its own Redis database."""
+@contextmanager
+def new_backend(kind: str, name: str) -> Iterator[Backend]:
+    """A migrated, empty database of `kind` and a Redis database, both of this backend's own."""
     from db import upgrade
-
-    broker_url = fresh_redis_db()
-    if request.param == "sqlite":
-        url = f"sqlite:///{TEST_ROOT / 'jobs.db'}"
-        upgrade(url)
-        yield Backend("sqlite", url, broker_url)
-        return
-    url, name = create_postgres_database()
-    upgrade(url)
-    yield Backend("postgresql", url, broker_url)
     from db.engine import session_factory
 
+    broker_url = fresh_redis_db()
+    if kind == "sqlite":
+        url = f"sqlite:///{TEST_ROOT / f'{name}-{uuid.uuid4().hex[:8]}.db'}"
+        upgrade(url)
+        yield Backend(kind, url, broker_url)
+        return
+    url, db_name = create_postgres_database()
+    upgrade(url)
+    yield Backend(kind, url, broker_url)
     session_factory.cache_clear()
-    drop_postgres_database(name)
+    drop_postgres_database(db_name)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tiny_models: Path) -> Iterator[Backend]:
+    """The shared backend of each kind, served by the shared `worker`."""
+    with new_backend(request.param, "shared") as b:
+        yield b
+
+
+@pytest.fixture()
+def isolated_backend(backend: Backend) -> Iterator[Backend]:
+    """A backend of the same kind that no other worker (nor its sweeper) can see."""
+    with new_backend(backend.name, "isolated") as b:
+        yield b
 
 
 @pytest.fixture(scope="session")

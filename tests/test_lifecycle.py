@@ -10,7 +10,6 @@ from producer import Client
 from producer.worker_process import WorkerProcess
 from tests.conftest import Backend
 from tests.helpers import computed_texts, unique_text, wait_until
-from tests.services import fresh_redis_db
 
 
 def test_cancelled_queued_job_is_never_computed(worker: WorkerProcess, client: Client) -> None:
@@ -62,10 +61,9 @@ def test_idempotency_key_returns_the_same_job_under_concurrent_submits(worker: W
         assert c.wait(ids.pop(), timeout=30).status == "succeeded"
 
 
-def test_high_priority_jobs_overtake_a_low_priority_backlog(backend: Backend) -> None:
-    broker_url = fresh_redis_db()  # a broker of its own: no other worker takes these messages
-    env = {**backend.env, "TEXTQ_BROKER_URL": broker_url, "TEXTQ_WORKER_MODELS": "echo", "TEXTQ_WORKER_PREFETCH_MULTIPLIER": "1"}
-    with Client(database_url=backend.database_url, broker_url=broker_url) as client:
+def test_high_priority_jobs_overtake_a_low_priority_backlog(isolated_backend: Backend) -> None:
+    env = {**isolated_backend.env, "TEXTQ_WORKER_MODELS": "echo", "TEXTQ_WORKER_PREFETCH_MULTIPLIER": "1"}
+    with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
         # One job per message, so that message order is job order; submitted before any worker runs.
         low = [client.classify(unique_text("low"), model="echo", priority=9).id for _ in range(40)]
         high = [client.classify(unique_text("high"), model="echo", priority=0).id for _ in range(5)]

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
@@ -60,7 +60,8 @@ class Batcher:
         worker_name: str,
         lease: timedelta,
         max_attempts: int,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[Sequence[store.Outcome], int, float], None] | None = None,
+        on_claim: Callable[[list[datetime]], None] | None = None,
     ) -> None:
         self.runner = runner
         self.spec = runner.spec
@@ -69,6 +70,7 @@ class Batcher:
         self.lease = lease
         self.max_attempts = max_attempts
         self.on_batch = on_batch
+        self.on_claim = on_claim
         self.stats = BatchStats()
         self._inbox: queue.SimpleQueue[_Ticket | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.spec.name}", daemon=True)
@@ -148,7 +150,10 @@ class Batcher:
                     lease=self.lease, max_attempts=self.max_attempts, first_attempt_only=first_attempt_only,
                 )
 
-        return with_retries(claim, what=f"claim {self.spec.name} jobs")
+        claims = with_retries(claim, what=f"claim {self.spec.name} jobs")
+        if self.on_claim is not None and claims:
+            self.on_claim([c.created_at for c in claims])
+        return claims
 
     def _parse(self, claims: list[store.ClaimedJob]) -> tuple[list[_Item], list[store.Outcome]]:
         """Validate claimed inputs again (rows and messages can bypass the producer)."""
@@ -166,7 +171,7 @@ class Batcher:
     def _record(self, outcomes: list[store.Outcome], computed: int, elapsed: float) -> None:
         """Write a batch's outcomes in one transaction (retried if the database drops)."""
         finished = [o for o in outcomes if o.status is not JobStatus.QUEUED]
-        released = [store.ClaimedJob(o.id, self.spec.name, "", None, o.attempt) for o in outcomes if o.status is JobStatus.QUEUED]
+        released = [(o.id, o.attempt) for o in outcomes if o.status is JobStatus.QUEUED]
 
         def write() -> None:
             with self.sessions.begin() as session:
@@ -178,7 +183,7 @@ class Batcher:
         self.stats.jobs += computed
         self.stats.inference_s += elapsed
         if self.on_batch is not None:
-            self.on_batch(computed, elapsed)
+            self.on_batch(finished, computed, elapsed)
 
     def _token_bounded(self, items: list[_Item]) -> list[list[_Item]]:
         """Split length-sorted items so that padded size (count x longest) stays in budget."""

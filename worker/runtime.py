@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import wait
 from datetime import timedelta
+from functools import partial
 
 import torch
 
@@ -23,8 +24,10 @@ from db import store
 from db.engine import session_factory
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
+from producer.notify import publish_finished, redis_for
 from producer.registry import Registry, default_registry
 from producer.settings import producer_settings
+from worker import metrics
 from worker.batcher import Batcher
 from worker.runners import create_runner
 from worker.settings import WorkerSettings
@@ -44,6 +47,7 @@ class WorkerRuntime:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.sessions = session_factory(DatabaseSettings().database_url)
         self.publisher = Publisher(producer_settings())
+        self._redis = redis_for(producer_settings().broker_url)
         self.batchers: dict[str, Batcher] = {}
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
@@ -60,12 +64,21 @@ class WorkerRuntime:
                 worker_name=self.name,
                 lease=timedelta(seconds=self.settings.lease_s),
                 max_attempts=self.settings.max_attempts,
+                on_batch=partial(self._batch_written, name),
+                on_claim=partial(metrics.observe_claims, name),
             )
             batcher.start()
             self.batchers[name] = batcher
-            log.info("loaded model %s (%s on %s) in %.1fs", name, runner.spec.runner, runner.device,
-                     time.perf_counter() - started)
+            load_seconds = time.perf_counter() - started
+            metrics.MODEL_LOAD.labels(name).set(load_seconds)
+            log.info("loaded model %s (%s on %s) in %.1fs", name, runner.spec.runner, runner.device, load_seconds)
+        if self.settings.metrics_port:
+            metrics.serve(self.settings.metrics_port)
         self._sweeper.start()
+
+    def _batch_written(self, model: str, outcomes: Sequence[store.Outcome], computed: int, seconds: float) -> None:
+        metrics.observe_batch(model, outcomes, computed, seconds)
+        publish_finished(self._redis, [o.id for o in outcomes])
 
     def run(self, model: str, job_ids: Sequence[uuid.UUID]) -> None:
         """Run the jobs through the model's batcher and return once their rows are written."""

@@ -26,6 +26,8 @@ class WorkerSettings(BaseSettings):
     # torch intra-op threads; default: every core. One batcher runs at a time per model, so
     # intra-op parallelism is where the cores go (inter-op threads stay at 1).
     torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    # Serve Prometheus metrics on this port (0: off). One port per worker process.
+    metrics_port: int = Field(0, ge=0, le=65535)
     # kombu restores unacked messages of dead workers every interval x throttle seconds.
     unacked_restore_interval_s: float = Field(10.0, gt=0)
 

@@ -1,0 +1,85 @@
+"""Finish notifications over Redis pub/sub, so waiting callers wake when a job's row is written
+instead of polling. Best effort: waiters still poll now and then, so a lost notification (or a
+broker that is not Redis) only costs latency, never correctness."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+
+import redis
+
+log = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "textq:finished:"
+
+
+def channel(job_id: uuid.UUID) -> str:
+    return f"{CHANNEL_PREFIX}{job_id}"
+
+
+def redis_for(broker_url: str) -> redis.Redis | None:
+    """A Redis client for the broker, or None when the broker is not Redis (no notifications)."""
+    if not broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def publish_finished(client: redis.Redis | None, job_ids: Iterable[uuid.UUID]) -> None:
+    """Tell waiters these jobs' rows are final. Called after the transaction commits."""
+    if client is None:
+        return
+    try:
+        pipe = client.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.publish(channel(job_id), b"1")
+        pipe.execute()
+    except (redis.RedisError, OSError) as exc:
+        log.debug("finish notification not sent (%s); waiters fall back to polling", exc)
+
+
+class FinishWatcher:
+    """Subscribed to some jobs' channels; `wait(t)` returns early when one of them finishes."""
+
+    def __init__(self, pubsub: redis.client.PubSub | None) -> None:
+        self._pubsub = pubsub
+
+    def wait(self, timeout: float) -> None:
+        if self._pubsub is None:
+            time.sleep(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
+                if message is not None:
+                    # Drain whatever else already arrived, then let the caller re-read the rows.
+                    while self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0) is not None:
+                        pass
+                    return
+        except (redis.RedisError, OSError):
+            self._pubsub = None  # broker gone: plain polling from now on
+            time.sleep(max(0.0, deadline - time.monotonic()))
+
+
+@contextmanager
+def watch_finished(client: redis.Redis | None, job_ids: Iterable[uuid.UUID]) -> Iterator[FinishWatcher]:
+    """Subscribe before the caller reads the rows, so no notification falls in between."""
+    if client is None:
+        yield FinishWatcher(None)
+        return
+    try:
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub.subscribe(*[channel(i) for i in job_ids])
+    except (redis.RedisError, OSError) as exc:
+        log.debug("cannot subscribe to finish notifications (%s); polling", exc)
+        yield FinishWatcher(None)
+        return
+    try:
+        yield FinishWatcher(pubsub)
+    finally:
+        with suppress(redis.RedisError, OSError):
+            pubsub.close()

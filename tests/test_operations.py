@@ -1,0 +1,58 @@
+"""Operator surface: push-based wait, metrics, scale-out and pinned workers."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import urllib.request
+
+from producer import Client
+from producer.worker_process import WorkerProcess
+from tests.conftest import Backend
+from tests.faults.conftest import free_port
+from tests.helpers import unique_text
+
+
+def test_wait_wakes_on_the_finish_notification_not_the_poll(worker: WorkerProcess, client: Client) -> None:
+    # With a 10 s poll interval, only the pub/sub notification can make wait() return quickly.
+    delays = []
+    for _ in range(5):
+        job = client.classify(unique_text("notify"), model="echo")
+        started = time.monotonic()
+        view = client.wait(job.id, timeout=30, poll_interval=10)
+        assert view.status == "succeeded"
+        delays.append(time.monotonic() - started)
+    print(f"\nsubmit-to-wake median {statistics.median(delays) * 1000:.0f} ms with a 10 s poll interval")
+    assert statistics.median(delays) < 2
+
+
+def test_two_workers_share_a_queue_and_a_pinned_worker_serves_only_its_model(isolated_backend: Backend) -> None:
+    env = isolated_backend.env
+    with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
+        with WorkerProcess(env=env, models=["slow"], concurrency=2, name="a"), \
+             WorkerProcess(env=env, models=["slow"], concurrency=2, name="b"):
+            jobs = [client.classify(unique_text("shared"), model="slow") for _ in range(16)]
+            views = client.wait_many([j.id for j in jobs], timeout=60)
+        assert len({v.worker for v in views}) == 2  # both workers took work
+
+        with WorkerProcess(env=env, models=["echo"], concurrency=2, name="pinned"):
+            mine = client.classify(unique_text("mine"), model="echo")
+            other = client.classify(unique_text("other"), model="slow")
+            assert client.wait(mine.id, timeout=30).status == "succeeded"
+            time.sleep(1.0)
+            assert client.get(other.id).status == "queued"  # not this worker's model
+
+
+def test_worker_serves_prometheus_metrics(isolated_backend: Backend) -> None:
+    port = free_port()
+    env = {**isolated_backend.env, "TEXTQ_METRICS_PORT": str(port)}
+    with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client, \
+         WorkerProcess(env=env, models=["echo"], concurrency=2, name="metrics"):
+        jobs = client.submit_many([{"text": unique_text("m"), "model": "echo"} for _ in range(10)])
+        client.wait_many([j.id for j in jobs], timeout=30)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'textq_jobs_total{model="echo",status="succeeded"} 10.0' in text
+    assert 'textq_batch_size_count{model="echo"}' in text
+    assert 'textq_queue_wait_seconds_count{model="echo"} 10.0' in text
+    assert 'textq_inference_seconds_sum{model="echo"}' in text
+    assert 'textq_model_load_seconds{model="echo"}' in text
