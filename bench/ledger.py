@@ -1,0 +1,85 @@
+"""The jobs table as the benchmark reads it: empty it between measurements, wait until every row
+is finished, and turn the rows' own timestamps into throughput and latency."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, delete, func, select
+from tqdm import tqdm
+
+from db.engine import make_engine
+from db.models import Job, JobStatus
+
+
+@dataclass(frozen=True)
+class Timings:
+    jobs: int
+    succeeded: int
+    unfinished: int
+    elapsed_s: float  # first submit → last finished_at
+    jobs_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (NaN when empty)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+class Ledger:
+    def __init__(self, database_url: str) -> None:
+        self.engine: Engine = make_engine(database_url)
+
+    def reset(self) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(Job))
+
+    def finished(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).where(Job.finished_at.is_not(None))).scalar_one())
+
+    def wait(self, expected: int, *, timeout_s: float, desc: str, poll_s: float = 0.1) -> int:
+        """Block until `expected` rows are finished (or `timeout_s` passes); returns how many are."""
+        deadline = time.monotonic() + timeout_s
+        done = 0
+        with tqdm(total=expected, desc=desc, unit="job", leave=False, dynamic_ncols=True) as bar:
+            while done < expected and time.monotonic() < deadline:
+                time.sleep(poll_s)
+                now = self.finished()
+                bar.update(now - done)
+                done = now
+        return done
+
+    def timings(self, started: datetime, expected: int) -> Timings:
+        """Throughput from `started` (just before the first submit) to the last finished_at;
+        latency per job from created_at to finished_at."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(Job.status, Job.created_at, Job.finished_at)).all()
+        latencies = sorted(
+            (f - c).total_seconds() * 1000 for _, c, f in rows if f is not None and c is not None
+        )
+        finished = [f for _, _, f in rows if f is not None]
+        succeeded = sum(1 for s, _, _ in rows if s == JobStatus.SUCCEEDED)
+        elapsed = max(((max(finished) if finished else started) - started).total_seconds(), 1e-9)
+        return Timings(
+            jobs=expected,
+            succeeded=succeeded,
+            unfinished=expected - len(finished),
+            elapsed_s=elapsed,
+            jobs_per_s=succeeded / elapsed,
+            p50_ms=percentile(latencies, 50),
+            p95_ms=percentile(latencies, 95),
+            p99_ms=percentile(latencies, 99),
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
