@@ -299,9 +299,7 @@ def jobs_to_republish(
         picked.append((job_id, model, priority))
     if picked:
         session.execute(
-            update(Job)
-            .where(Job.id.in_([p[0] for p in picked]))
-            .values(published_at=now, publish_count=Job.publish_count + 1),
+            update(Job).where(Job.id.in_([p[0] for p in picked])).values(published_at=now, publish_count=Job.publish_count + 1),
             execution_options={"synchronize_session": False},
         )
     return picked
@@ -313,17 +311,26 @@ def expire_overdue_jobs(session: Session) -> int:
     result = session.execute(
         update(Job)
         .where(Job.status == JobStatus.QUEUED, Job.expires_at.is_not(None), Job.expires_at < now)
-        .values(status=JobStatus.EXPIRED, finished_at=now, error_type=EXPIRED_ERROR,
-                error_message="the job's deadline passed before it could run"),
+        .values(
+            status=JobStatus.EXPIRED,
+            finished_at=now,
+            error_type=EXPIRED_ERROR,
+            error_message="the job's deadline passed before it could run",
+        ),
         execution_options={"synchronize_session": False},
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def purge_jobs(session: Session, *, finished_before: datetime) -> int:
-    """Delete finished jobs older than `finished_before`; returns how many."""
+def purge_jobs(session: Session, *, finished_before: datetime, limit: int = 10_000) -> int:
+    """Delete up to `limit` finished jobs that finished before `finished_before`; returns how many."""
+    doomed = (
+        select(Job.id)
+        .where(Job.status.in_(list(FINISHED_STATUSES)), Job.finished_at < finished_before)
+        .order_by(Job.finished_at)
+        .limit(limit)
+    )
     result = session.execute(
-        delete(Job).where(Job.status.in_(list(FINISHED_STATUSES)), Job.finished_at < finished_before),
-        execution_options={"synchronize_session": False},
+        delete(Job).where(Job.id.in_(doomed.scalar_subquery())), execution_options={"synchronize_session": False}
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -32,8 +32,10 @@ def _print_view(view: JobView, as_json: bool) -> None:
     if view.error_type:
         click.echo(f"error:    {view.error_type}: {view.error_message}")
     if view.finished_at:
-        click.echo(f"took:     {(view.finished_at - view.created_at).total_seconds() * 1000:.0f} ms "
-                   f"(attempts: {view.attempts}, worker: {view.worker})")
+        click.echo(
+            f"took:     {(view.finished_at - view.created_at).total_seconds() * 1000:.0f} ms "
+            f"(attempts: {view.attempts}, worker: {view.worker})"
+        )
 
 
 class _TextqGroup(click.Group):
@@ -52,21 +54,30 @@ def cli(verbose: bool) -> None:
     Settings come from TEXTQ_* environment variables: TEXTQ_BROKER_URL (Redis),
     TEXTQ_DATABASE_URL (SQLAlchemy URL; SQLite file by default), TEXTQ_MODELS_FILE (extra models).
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--models", help="Comma-separated models to serve (default: all in the registry).")
 @click.option("-c", "--concurrency", type=int, help="Task threads (default TEXTQ_WORKER_CONCURRENCY, 8).")
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--check", is_flag=True, help="Do not start: exit 0 if a worker on this host answers a ping (health check).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(models: str | None, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
+def worker(models: str | None, concurrency: int | None, loglevel: str, check: bool, celery_args: tuple[str, ...]) -> None:
     """Start a worker that serves MODELS' queues (extra arguments go to `celery worker`).
 
     Models load once at start-up; one batcher thread per model runs them. Scale out by starting
     more workers, on this machine or others, against the same Redis and database.
     """
+    if check:
+        from producer.operations import local_worker_alive
+
+        if not local_worker_alive(_client()):
+            raise click.ClickException("no worker on this host answered a ping")
+        click.echo("ok")
+        return
     if models:
         os.environ["TEXTQ_WORKER_MODELS"] = models
     args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "threads", "--loglevel", loglevel]
@@ -82,12 +93,25 @@ def worker(models: str | None, concurrency: int | None, loglevel: str, celery_ar
 @click.option("--summarize", "summarize", is_flag=True, help="Summarize instead of classify.")
 @click.option("--max-sentences", type=int, default=3, show_default=True, help="Summary length.")
 @click.option("--priority", type=int, default=5, show_default=True, help="0 runs first, 9 last.")
-@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON lines, one request object per line (bulk submit).")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JSON lines, one request object per line (bulk submit).",
+)
 @click.option("--wait", "wait_s", type=float, help="Wait up to this many seconds for the result(s).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def submit(text: str | None, model: str | None, labels: str | None, summarize: bool, max_sentences: int,
-           priority: int, file: Path | None, wait_s: float | None, as_json: bool) -> None:
+def submit(
+    text: str | None,
+    model: str | None,
+    labels: str | None,
+    summarize: bool,
+    max_sentences: int,
+    priority: int,
+    file: Path | None,
+    wait_s: float | None,
+    as_json: bool,
+) -> None:
     """Submit TEXT (or every line of --file) and print the job id(s)."""
     client = _client()
     if file is not None:
@@ -149,6 +173,50 @@ def models() -> None:
 
     for spec in default_registry().specs():
         click.echo(f"{spec.name:<16} {spec.kind:<10} runner={spec.runner:<12} queue={spec.queue} source={spec.source}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(as_json: bool) -> None:
+    """Queue depths, workers alive and job counts by status."""
+    from dataclasses import asdict
+
+    from producer.operations import cluster_status
+
+    report = cluster_status(_client())
+    if as_json:
+        click.echo(json.dumps(asdict(report), indent=2))
+        return
+    click.echo(f"{'queue':<24} waiting")
+    for name, depth in report.queue_depths.items():
+        click.echo(f"{'textq.' + name:<24} {depth}")
+    click.echo(f"\nworkers alive: {len(report.workers)}")
+    for name in report.workers:
+        click.echo(f"  {name}")
+    click.echo(f"\n{'status':<24} jobs")
+    for name, count in sorted(report.jobs_by_status.items()):
+        click.echo(f"{name:<24} {count}")
+
+
+@cli.group()
+def jobs() -> None:
+    """Job table maintenance."""
+
+
+@jobs.command()
+@click.option("--older-than", required=True, help="Age of finished jobs to delete, e.g. 7d, 12h, 30m.")
+def purge(older_than: str) -> None:
+    """Delete finished jobs (succeeded, failed, cancelled, expired) older than --older-than.
+
+    Queued and running jobs are never deleted. Runs in batches of 10,000 rows.
+    """
+    from producer.operations import parse_age, purge_finished
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    click.echo(f"deleted {purge_finished(_client(), age)} finished jobs older than {older_than}")
 
 
 @cli.group()

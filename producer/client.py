@@ -52,8 +52,8 @@ class Client:
         self.settings: ProducerSettings = settings
         self.database_url = database_url or DatabaseSettings().database_url
         self.registry = registry or default_registry()
-        self._sessions = session_factory(self.database_url)
-        self._publisher = Publisher(settings)
+        self.sessions = session_factory(self.database_url)
+        self.publisher = Publisher(settings)
         self._redis = redis_for(settings.broker_url)
 
     # -- submitting -------------------------------------------------------------------------
@@ -105,16 +105,16 @@ class Client:
                 "(TEXTQ_MAX_JOBS_PER_SUBMIT)",
             )
         new_jobs = [self._new_job(i, r, multiple=len(requests) > 1) for i, r in enumerate(requests)]
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             ids = store.create_jobs(session, jobs=new_jobs)
         groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
         for job, job_id in zip(new_jobs, ids, strict=True):
             if job_id == job.id:  # not an earlier job found by its idempotency key
                 groups[(job.model, job.priority)].append(job_id)
         try:
-            self._publisher.publish_groups((m, p, g) for (m, p), g in groups.items())
+            self.publisher.publish_groups((m, p, g) for (m, p), g in groups.items())
         except Exception as exc:  # the rows are the ledger: the sweeper publishes them later
-            log.warning("could not publish to %s (%s); the sweeper will re-publish", self._publisher.redacted_url(), exc)
+            log.warning("could not publish to %s (%s); the sweeper will re-publish", self.publisher.redacted_url(), exc)
         return self.get_many(ids)
 
     def _new_job(self, index: int, raw: JobRequestType | dict[str, object], *, multiple: bool) -> store.NewJob:
@@ -138,7 +138,7 @@ class Client:
 
     # -- reading ----------------------------------------------------------------------------
     def get(self, job_id: uuid.UUID | str) -> JobView:
-        with self._sessions() as session:
+        with self.sessions() as session:
             job = store.get_job(session, job_id=_as_uuid(job_id))
             if job is None:
                 raise JobNotFoundError(f"no job with id {job_id}")
@@ -147,7 +147,7 @@ class Client:
     def get_many(self, ids: Sequence[uuid.UUID | str]) -> list[JobView]:
         """Jobs in the order of `ids`; raises JobNotFoundError if any is missing."""
         wanted = [_as_uuid(i) for i in ids]
-        with self._sessions() as session:
+        with self.sessions() as session:
             found = {}
             for start in range(0, len(wanted), 500):
                 found.update({j.id: JobView.model_validate(j) for j in store.get_jobs(session, ids=wanted[start:start + 500])})
@@ -187,12 +187,12 @@ class Client:
 
     def cancel(self, job_id: uuid.UUID | str) -> JobView:
         """Cancel a queued or running job; a finished job is returned unchanged."""
-        with self._sessions.begin() as session:
+        with self.sessions.begin() as session:
             store.cancel_job(session, job_id=_as_uuid(job_id))
         return self.get(job_id)
 
     def close(self) -> None:
-        self._publisher.close()
+        self.publisher.close()
         if self._redis is not None:
             self._redis.close()
 

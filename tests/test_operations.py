@@ -56,3 +56,33 @@ def test_worker_serves_prometheus_metrics(isolated_backend: Backend) -> None:
     assert 'textq_queue_wait_seconds_count{model="echo"} 10.0' in text
     assert 'textq_inference_seconds_sum{model="echo"}' in text
     assert 'textq_model_load_seconds{model="echo"}' in text
+
+
+def test_status_purge_and_worker_check_from_the_cli(isolated_backend: Backend) -> None:
+    from datetime import timedelta
+
+    from db.engine import session_factory
+    from db.models import Job
+    from tests.test_cli import textq
+
+    env = isolated_backend.env
+    with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
+        assert textq("worker", "--check", env=env).returncode == 1  # nobody to answer yet
+        with WorkerProcess(env=env, models=["echo"], concurrency=2, name="ops"):
+            old = client.wait_many([j.id for j in client.submit_many([{"text": unique_text("old"), "model": "echo"}] * 3)])
+            check = textq("worker", "--check", env=env)
+            assert check.returncode == 0, check.stderr
+            status = textq("status", env=env)
+            assert "workers alive: 1" in status.stdout
+            assert "succeeded                3" in status.stdout
+        queued = client.classify(unique_text("queued"), model="echo")  # no worker now: stays queued
+        with session_factory(isolated_backend.database_url).begin() as session:
+            for view in old:  # pretend they finished ten days ago
+                session.get_one(Job, view.id).finished_at = view.finished_at - timedelta(days=10)  # type: ignore[operator]
+        assert "textq.echo               1" in textq("status", env=env).stdout
+        bad = textq("jobs", "purge", "--older-than", "seven days", env=env)
+        assert bad.returncode == 2 and "use a number and a unit" in bad.stderr
+        purge = textq("jobs", "purge", "--older-than", "7d", env=env)
+        assert "deleted 3 finished jobs" in purge.stdout, purge.stderr
+        assert client.get(queued.id).status == "queued"
+        assert "deleted 0 finished jobs" in textq("jobs", "purge", "--older-than", "1s", env=env).stdout
