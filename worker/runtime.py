@@ -6,6 +6,7 @@ shared by all task threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -54,6 +55,8 @@ class WorkerRuntime:
 
     def start(self) -> None:
         torch.set_num_threads(self.settings.torch_threads)
+        with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
+            torch.set_num_interop_threads(1)
         for name in self.models:
             started = time.perf_counter()
             runner = create_runner(self.registry.get(name))
