@@ -15,6 +15,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Update
 
 from db.models import FINISHED_STATUSES, Job, JobStatus, utcnow
 
@@ -160,6 +161,15 @@ def claim_jobs(
     return [ClaimedJob(*row) for row in result.tuples()]
 
 
+def _update_under_claim() -> Update:
+    """An executemany UPDATE of rows still running under the claim (b_id, b_attempt)."""
+    return update(JOBS).where(
+        JOBS.c.id == bindparam("b_id"),
+        JOBS.c.attempts == bindparam("b_attempt"),
+        JOBS.c.status == JobStatus.RUNNING.value,
+    )
+
+
 def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
     """Record outcomes of jobs still running under the claim that computed them.
 
@@ -170,12 +180,7 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
         return
     now = utcnow()
     stmt = (
-        update(JOBS)
-        .where(
-            JOBS.c.id == bindparam("b_id"),
-            JOBS.c.attempts == bindparam("b_attempt"),
-            JOBS.c.status == JobStatus.RUNNING.value,
-        )
+        _update_under_claim()
         .values(
             status=bindparam("b_status"),
             output=bindparam("b_output"),
@@ -203,15 +208,7 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
 
 def release_jobs(session: Session, *, claims: Sequence[tuple[uuid.UUID, int]]) -> None:
     """Put running jobs back to queued under their (id, attempt) claim, for a later retry."""
-    stmt = (
-        update(JOBS)
-        .where(
-            JOBS.c.id == bindparam("b_id"),
-            JOBS.c.attempts == bindparam("b_attempt"),
-            JOBS.c.status == JobStatus.RUNNING.value,
-        )
-        .values(status=JobStatus.QUEUED.value, lease_until=None, worker=None)
-    )
+    stmt = _update_under_claim().values(status=JobStatus.QUEUED.value, lease_until=None, worker=None)
     if claims:
         session.execute(stmt, [{"b_id": job_id, "b_attempt": attempt} for job_id, attempt in claims])
 
