@@ -8,16 +8,12 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bench.environment import BenchEnvironment
-from bench.measure import Harness, RawModel, Request, Row, combine, requests_for
 from bench.report import render, targets, write_json
-from bench.texts import documents, short_texts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("raw", "bulk", "per-request", "light", "naive", "null-bulk", "null-per-request")
@@ -35,7 +31,9 @@ modes:
 
 Throughput runs from the first submit to the last finished_at; latency is created_at ->
 finished_at per job, both from the jobs table. Numbers are medians of --repeat runs;
-peak RSS is the worker process and its children.
+peak RSS is the worker process and its children. Each bulk, per-request and naive run
+follows a raw run of --raw-s seconds, and "x raw" is the median of those paired ratios:
+on a shared machine the model's speed swings with other load.
 """
 ALIASES = {"null": ("null-bulk", "null-per-request"), "all": MODES}
 
@@ -66,17 +64,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql",
                         help="a fresh PostgreSQL database (dropped at the end) or a temporary SQLite file")
     parser.add_argument("--modes", default="all", help=f"comma-separated subset of {', '.join(MODES)} (or 'null', 'all')")
+    parser.add_argument("--raw-s", type=float, default=6.0, help="seconds of each raw run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode; tables show medians")
     parser.add_argument("--producers", type=int, default=4, help="producer threads for per-request and naive")
     parser.add_argument("--concurrency", type=int, default=None, help="textq worker -c (default: TEXTQ_WORKER_CONCURRENCY)")
     parser.add_argument("--naive-pool", choices=("threads", "solo"), default="threads", help="naive worker pool")
     parser.add_argument("--naive-concurrency", type=int, default=4, help="naive worker -c (threads pool)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                        help="environment setting for the workers and this process, e.g. TEXTQ_TORCH_THREADS=1 (repeatable)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for one run's jobs")
     parser.add_argument("--profile", action="store_true",
                         help="sample the worker with py-spy during the first run of each mode and print where time goes")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: bench/results/<time>-<model>-<db>.json)")
     args = parser.parse_args(argv)
     args.modes = _modes(parser, args.modes)
+    if any("=" not in item for item in args.settings):
+        parser.error("--set takes KEY=VALUE")
+    args.settings = dict(item.split("=", 1) for item in args.settings)
     return args
 
 
@@ -103,8 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     output: Path = args.output or RESULTS / f"{stamp}-{args.model}-{args.database}.json"
-    rows: dict[str, Row] = {}
-    profiles: dict[str, str] = {}
     meta: dict[str, Any] = {
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -113,106 +115,23 @@ def main(argv: list[str] | None = None) -> int:
                 # The tree others edit while this runs: which uncommitted state was measured.
                 "diff_sha1": hashlib.sha1(_git("diff", "HEAD", "--", "worker", "producer", "db").encode()).hexdigest()[:12]},
     }
-    with BenchEnvironment(args.database) as env:
-        # Imported only now: settings and the registry read TEXTQ_* (set by the environment) once.
-        from bench.profile import Profile, summarize
-        from bench.workers import naive_worker, textq_worker
-        from producer.registry import default_registry
+    with BenchEnvironment(args.database, overrides=args.settings) as env:
+        from bench.run import BenchRun  # imports textq settings: only once TEXTQ_* point at this run's services
 
-        spec = default_registry().get(args.model)
-        n = args.n or (200 if spec.task == "summarize" else 2000)
-        texts = documents(n) if spec.task == "summarize" else short_texts(n)
-        requests = requests_for(spec, texts)
-        meta["spec"] = spec.model_dump()
-        meta["database"] = args.database
-        print(f"textq bench: model={spec.name} n={n} database={args.database} modes={','.join(args.modes)} "
-              f"repeat={args.repeat} (cpus={os.cpu_count()}, load {os.getloadavg()[0]:.2f})", flush=True)
-
-        raw_model: RawModel | None = None
-        raw_runs: list[Row] = []
-        if {"raw", "light"} & set(args.modes):
-            raw_model = RawModel(spec, texts)
-            raw_model.time_single_items()
-            # Most raw runs first, the rest last: on a shared machine they bracket the others.
-            raw_runs += [raw_model.run() for _ in range((args.repeat + 1) // 2 if "raw" in args.modes else 0)]
-
-        profiled: set[str] = set()
-
-        def profile(pid: int, label: str) -> AbstractContextManager[object]:
-            if label in profiled:
-                return nullcontext()
-            profiled.add(label)
-            return Profile(pid, output.with_name(f"{output.stem}-{label}.pyspy.txt"))
-
-        harness = Harness(env.database_url, env.broker_url, timeout_s=args.timeout, profile=profile if args.profile else None)
-        try:
-            def runs(mode: str, once: Callable[[], Row]) -> None:
-                rows[mode] = combine([once() for _ in range(args.repeat)])
-                _progress(rows[mode])
-
-            if {"bulk", "per-request", "light"} & set(args.modes):
-                with textq_worker(env.env, spec.name, concurrency=args.concurrency, log_path=env.root / "worker.log") as w:
-                    harness.warm_up(requests[: spec.max_batch_size])
-                    if "bulk" in args.modes:
-                        runs("bulk", lambda: harness.bulk("bulk", requests, w.pid))
-                    if "per-request" in args.modes:
-                        runs("per-request", lambda: harness.per_request("per-request", requests, w.pid, args.producers))
-                    if "light" in args.modes:
-                        light_requests = (requests * (args.light_n // len(requests) + 1))[: args.light_n]
-                        rows["light"] = harness.light(light_requests, w.pid, max_wait_ms=spec.max_wait_ms)
-                        _progress(rows["light"])
-            if {"null-bulk", "null-per-request"} & set(args.modes):
-                null_requests: list[Request] = requests_for(default_registry().get("null"), short_texts(args.null_n))
-                with textq_worker(env.env, "null", concurrency=args.concurrency, log_path=env.root / "worker-null.log") as w:
-                    harness.warm_up(null_requests[:256])
-                    if "null-bulk" in args.modes:
-                        runs("null-bulk", lambda: harness.bulk("null-bulk", null_requests, w.pid))
-                    if "null-per-request" in args.modes:
-                        runs("null-per-request",
-                             lambda: harness.per_request("null-per-request", null_requests, w.pid, args.producers))
-            if "naive" in args.modes:
-                with naive_worker(env.env, spec.name, pool=args.naive_pool, concurrency=args.naive_concurrency,
-                                  log_path=env.root / "worker-naive.log") as w:
-                    harness.warm_up(requests[:8], naive=spec)
-                    runs("naive", lambda: harness.naive("naive", spec, texts[: args.naive_n], w.pid, args.producers))
-            if raw_model is not None:
-                raw_model.time_single_items()
-                if "light" in rows:
-                    rows["light"].extra["single_item_ms"] = _round(raw_model.single_item_ms)
-            if raw_model is not None and "raw" in args.modes:
-                raw_runs += [raw_model.run() for _ in range(args.repeat - len(raw_runs))]
-                rows["raw"] = combine(raw_runs)
-                rows["raw"].extra["single_item_ms"] = _round(raw_model.single_item_ms)
-                _progress(rows["raw"])
-        finally:
-            harness.close()
-            if raw_model is not None:
-                raw_model.close()
-        if args.profile:
-            for label in sorted(profiled):
-                path = output.with_name(f"{output.stem}-{label}.pyspy.txt")
-                if path.exists():
-                    profiles[label] = summarize(path)
-
+        bench = BenchRun(args, env, output)
+        meta["spec"] = bench.spec.model_dump()
+        bench.run()
+    rows = {m: bench.rows[m] for m in MODES if m in bench.rows}
     meta["machine"]["loadavg_end"] = os.getloadavg()
-    meta["profiles"] = profiles
-    rows = {m: rows[m] for m in MODES if m in rows}
+    meta["profiles"] = bench.profiles
     found = targets(rows)
     print()
     print(render(rows, found))
-    for mode, summary in profiles.items():
-        print(f"\nprofile of the worker during {mode}:\n{summary}")
+    for label, summary in bench.profiles.items():
+        print(f"\npy-spy during {label} (that run is slowed by the profiler):\n{summary}")
     write_json(output, meta, rows, found)
     print(f"\nwrote {output}")
     return 0
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def _progress(row: Row) -> None:
-    print(f"  {row.mode:<17} {row.jobs_per_s:10,.1f} jobs/s  runs {row.runs_jobs_per_s or '-'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ class BenchEnvironment:
     database: str  # "postgresql" | "sqlite"
     database_url: str = ""
     broker_url: str = ""
+    # Extra settings (e.g. TEXTQ_TORCH_THREADS) for the workers and this process.
+    overrides: dict[str, str] = field(default_factory=dict)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="textq-bench-")))
     _pg_name: str | None = None
 
@@ -42,6 +44,7 @@ class BenchEnvironment:
             "TEXTQ_BROKER_URL": self.broker_url,
             "TEXTQ_MODELS_FILE": str(self.models_file),
             "TOKENIZERS_PARALLELISM": "false",
+            **self.overrides,
         }
 
     def __enter__(self) -> BenchEnvironment:

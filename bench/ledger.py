@@ -25,6 +25,9 @@ class Timings:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    # medians of the two halves: created → started (queue, claim) and started → finished (batch)
+    p50_wait_ms: float
+    p50_run_ms: float
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -63,12 +66,14 @@ class Ledger:
         """Throughput from `started` (just before the first submit) to the last finished_at;
         latency per job from created_at to finished_at."""
         with self.engine.connect() as conn:
-            rows = conn.execute(select(Job.status, Job.created_at, Job.finished_at)).all()
-        latencies = sorted(
-            (f - c).total_seconds() * 1000 for _, c, f in rows if f is not None and c is not None
-        )
-        finished = [f for _, _, f in rows if f is not None]
-        succeeded = sum(1 for s, _, _ in rows if s == JobStatus.SUCCEEDED)
+            rows = conn.execute(select(Job.status, Job.created_at, Job.started_at, Job.finished_at)).all()
+
+        def ms(pairs: list[tuple[datetime | None, datetime | None]]) -> list[float]:
+            return sorted((b - a).total_seconds() * 1000 for a, b in pairs if a is not None and b is not None)
+
+        latencies = ms([(c, f) for _, c, _, f in rows])
+        finished = [f for _, _, _, f in rows if f is not None]
+        succeeded = sum(1 for s, _, _, _ in rows if s == JobStatus.SUCCEEDED)
         elapsed = max(((max(finished) if finished else started) - started).total_seconds(), 1e-9)
         return Timings(
             jobs=expected,
@@ -79,6 +84,8 @@ class Ledger:
             p50_ms=percentile(latencies, 50),
             p95_ms=percentile(latencies, 95),
             p99_ms=percentile(latencies, 99),
+            p50_wait_ms=percentile(ms([(c, st) for _, c, st, _ in rows]), 50),
+            p50_run_ms=percentile(ms([(st, f) for _, _, st, f in rows]), 50),
         )
 
     def close(self) -> None:

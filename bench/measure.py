@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from bench.cpu import CpuMeter
 from bench.ledger import Ledger, Timings
 from bench.rss import PeakRSS
 from producer.client import Client
@@ -33,7 +34,12 @@ class Row:
     p95_ms: float | None = None
     p99_ms: float | None = None
     peak_rss_mb: float | None = None
+    # jobs/s over the raw model's jobs/s measured just before this run (paired: same machine load)
+    x_raw: float | None = None
     runs_jobs_per_s: list[float] = field(default_factory=list)
+    runs_x_raw: list[float] = field(default_factory=list)
+    # CPU time per job by process group (bench/cpu.py): where the cores went
+    cpu_ms_per_job: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -43,8 +49,14 @@ def combine(rows: Sequence[Row]) -> Row:
         present = [v for v in values if v is not None]
         return statistics.median(present) if present else None
 
+    def median_like(key: str, example: object) -> object:
+        if not isinstance(example, int | float) or isinstance(example, bool):
+            return example
+        value = median([r.extra.get(key) for r in rows])
+        return round(value) if isinstance(example, int) and value is not None else value
+
     first = rows[0]
-    extra = {k: median([r.extra.get(k) for r in rows]) if isinstance(v, int | float) else v for k, v in first.extra.items()}
+    extra = {k: median_like(k, v) for k, v in first.extra.items()}
     return replace(
         first,
         jobs_per_s=statistics.median(r.jobs_per_s for r in rows),
@@ -52,7 +64,10 @@ def combine(rows: Sequence[Row]) -> Row:
         p95_ms=median([r.p95_ms for r in rows]),
         p99_ms=median([r.p99_ms for r in rows]),
         peak_rss_mb=max((r.peak_rss_mb for r in rows if r.peak_rss_mb is not None), default=None),
+        x_raw=median([r.x_raw for r in rows]),
         runs_jobs_per_s=[round(r.jobs_per_s, 1) for r in rows],
+        runs_x_raw=[round(r.x_raw, 3) for r in rows if r.x_raw is not None],
+        cpu_ms_per_job={k: round(statistics.median(r.cpu_ms_per_job.get(k, 0.0) for r in rows), 2) for k in first.cpu_ms_per_job},
         extra=extra,
     )
 
@@ -66,8 +81,9 @@ def requests_for(spec: ModelSpec, texts: Sequence[str]) -> list[Request]:
 # -- in process: the limit -------------------------------------------------------------------------
 class RawModel:
     """The runner loaded in this process: its batched forward pass in chunks of `max_batch_size`
-    (the limit textq is measured against) and its latency on one item (batch size 1). Threads as
-    the worker sets them. Kept loaded so that runs can bracket the others on a shared machine."""
+    (the limit textq is measured against) and its latency on one item (batch size 1), with as many
+    threads as the worker uses. It stays loaded so that a raw run can precede each measured run:
+    on a shared machine the speed of the moment is what a ratio must compare against."""
 
     def __init__(self, spec: ModelSpec, texts: Sequence[str]) -> None:
         import torch
@@ -84,15 +100,21 @@ class RawModel:
         self.runner.predict(self.inputs[: spec.max_batch_size])  # warm-up
         self.single_ms: list[float] = []
 
-    def run(self) -> Row:
+    def run(self, min_s: float) -> Row:
+        """Batches in order (cycling through the texts) for at least `min_s` seconds and 3 batches."""
         step = self.spec.max_batch_size
         batches = [self.inputs[i : i + step] for i in range(0, len(self.inputs), step)]
-        with PeakRSS(os.getpid()) as rss:
+        done = calls = 0
+        with PeakRSS(os.getpid(), children=False) as rss, tqdm(desc="raw", unit="job", leave=False, dynamic_ncols=True) as bar:
             started = time.perf_counter()
-            for batch in tqdm(batches, desc="raw", unit="batch", leave=False, dynamic_ncols=True):
+            while calls < 3 or time.perf_counter() - started < min_s:
+                batch = batches[calls % len(batches)]
                 self.runner.predict(batch)
+                calls += 1
+                done += len(batch)
+                bar.update(len(batch))
             elapsed = time.perf_counter() - started
-        return Row("raw", self.spec.name, len(self.inputs), len(self.inputs) / elapsed, peak_rss_mb=rss.peak_mb,
+        return Row("raw", self.spec.name, done, done / elapsed, peak_rss_mb=rss.peak_mb,
                    extra={"batch_size": step, "load": round(os.getloadavg()[0], 2)})
 
     def time_single_items(self, count: int = 25) -> None:
@@ -159,6 +181,7 @@ class Harness:
                 profiling.enter_context(self.profile(pid, f"{mode}-worker"))
                 profiling.enter_context(self.profile(os.getpid(), f"{mode}-producer"))
             rss = profiling.enter_context(PeakRSS(pid))
+            cpu = profiling.enter_context(CpuMeter(pid))
             started = datetime.now(UTC)
             thread = threading.Thread(target=guarded, name=f"{mode}-submit")
             thread.start()
@@ -168,7 +191,9 @@ class Harness:
             raise errors[0]
         timings = self.ledger.timings(started, count)
         self.ledger.reset()
-        return _row(mode, model, timings, rss.peak_mb)
+        row = _row(mode, model, timings, rss.peak_mb)
+        row.cpu_ms_per_job = cpu.ms_per_job(count)
+        return row
 
     def bulk(self, mode: str, requests: Sequence[Request], pid: int) -> Row:
         limit = self.client.settings.max_jobs_per_submit
@@ -214,7 +239,7 @@ class Harness:
         def submit() -> None:
             for request in requests:
                 view = self.client.submit(request)
-                self.client.wait(view.id, timeout=self.timeout_s, poll_interval=0.002)
+                self.client.wait(view.id, timeout=self.timeout_s)
 
         row = self._measure("light", str(requests[0]["model"]), len(requests), pid, submit)
         row.extra["max_wait_ms"] = max_wait_ms
@@ -244,4 +269,5 @@ def _row(mode: str, model: str, t: Timings, rss_mb: float) -> Row:
     return Row(mode=mode, model=model, jobs=t.jobs, jobs_per_s=t.jobs_per_s, p50_ms=t.p50_ms, p95_ms=t.p95_ms,
                p99_ms=t.p99_ms, peak_rss_mb=rss_mb,
                extra={"succeeded": t.succeeded, "unfinished": t.unfinished, "elapsed_s": round(t.elapsed_s, 3),
+                      "p50_wait_ms": round(t.p50_wait_ms, 1), "p50_run_ms": round(t.p50_run_ms, 1),
                       "load": round(os.getloadavg()[0], 2)})

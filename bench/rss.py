@@ -8,8 +8,9 @@ import psutil
 
 
 class PeakRSS:
-    def __init__(self, pid: int, interval_s: float = 0.1, children_every: int = 20) -> None:
+    def __init__(self, pid: int, interval_s: float = 0.1, children_every: int = 20, children: bool = True) -> None:
         self.process = psutil.Process(pid)
+        self.with_children = children
         self.interval_s = interval_s
         # Listing children scans every process on the machine: do it now and then, not each sample.
         self.children_every = children_every
@@ -20,7 +21,7 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
 
     def sample(self) -> int:
-        if self._samples % self.children_every == 0:
+        if self.with_children and self._samples % self.children_every == 0:
             self._children = self.process.children(recursive=True)
         self._samples += 1
         total = 0
