@@ -28,6 +28,8 @@ class Timings:
     # medians of the two halves: created → started (queue, claim) and started → finished (batch)
     p50_wait_ms: float
     p50_run_ms: float
+    # jobs per claim: rows claimed together share started_at, so this is the mean batch size
+    mean_batch: float
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -86,6 +88,7 @@ class Ledger:
             p99_ms=percentile(latencies, 99),
             p50_wait_ms=percentile(ms([(c, st) for _, c, st, _ in rows]), 50),
             p50_run_ms=percentile(ms([(st, f) for _, _, st, f in rows]), 50),
+            mean_batch=len(rows) / max(len({st for _, _, st, _ in rows if st is not None}), 1),
         )
 
     def close(self) -> None:
