@@ -12,12 +12,29 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, or_, select, true, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    Text,
+    Uuid,
+    and_,
+    bindparam,
+    column,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    true,
+    update,
+    values,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
-from db.models import FINISHED_STATUSES, Job, JobStatus, utcnow
+from db.models import FINISHED_STATUSES, Job, JobStatus, JSONType, utcnow
 
 # The Core table, for bulk statements (executemany) that the ORM would do row by row.
 JOBS = cast(Table, Job.__table__)
@@ -34,6 +51,7 @@ class NewJob:
     idempotency_key: str | None = None
     expires_at: datetime | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
+    created_at: datetime = field(default_factory=utcnow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +76,19 @@ class Outcome:
     error_message: str | None = None
 
 
+def skip_commit_flush(session: Session) -> None:
+    """Let this transaction commit without waiting for its WAL flush (PostgreSQL only).
+
+    For worker claims and results only: if the database crashes within the flush window (well
+    under a second), those writes are lost and the job is simply running again with a lease that
+    expires, so the sweeper re-publishes it. Nothing is lost; at worst a result is computed again.
+    Job rows themselves (create_jobs) always wait for the flush: a message must never name a row
+    that a crash could take back.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL synchronous_commit = off"))
+
+
 def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
     """Insert `jobs` (queued, marked published now); return each one's id, in order.
 
@@ -66,7 +97,6 @@ def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
     """
     if not jobs:
         return []
-    now = utcnow()
     rows = [
         {
             "id": j.id,
@@ -78,8 +108,8 @@ def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
             "idempotency_key": j.idempotency_key,
             "expires_at": j.expires_at,
             "attempts": 0,
-            "created_at": now,
-            "published_at": now,
+            "created_at": j.created_at,
+            "published_at": j.created_at,
             "publish_count": 1,
         }
         for j in jobs
@@ -179,30 +209,29 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
     if not outcomes:
         return
     now = utcnow()
-    stmt = (
-        _update_under_claim()
-        .values(
-            status=bindparam("b_status"),
-            output=bindparam("b_output"),
-            error_type=bindparam("b_error_type"),
-            error_message=bindparam("b_error_message"),
-            finished_at=now,
-            lease_until=None,
+    rows = [(o.id, o.attempt, o.status.value, o.output, o.error_type, o.error_message) for o in outcomes]
+    if session.get_bind().dialect.name != "postgresql":
+        # SQLite is in-process: executemany costs no round trips (and it has no VALUES aliases).
+        keys = ("b_id", "b_attempt", "b_status", "b_output", "b_error_type", "b_error_message")
+        stmt = _update_under_claim().values(
+            status=bindparam("b_status"), output=bindparam("b_output"), error_type=bindparam("b_error_type"),
+            error_message=bindparam("b_error_message"), finished_at=now, lease_until=None,
         )
-    )
+        session.execute(stmt, [dict(zip(keys, row, strict=True)) for row in rows])
+        return
+    # PostgreSQL: ONE statement for the whole batch (UPDATE ... FROM VALUES), not one per row.
+    table = values(
+        column("o_id", Uuid()), column("o_attempt", Integer()), column("o_status", String()),
+        column("o_output", JSONType), column("o_error_type", String()), column("o_error_message", Text()),
+        name="outcomes",
+    ).data(rows)
     session.execute(
-        stmt,
-        [
-            {
-                "b_id": o.id,
-                "b_attempt": o.attempt,
-                "b_status": o.status.value,
-                "b_output": o.output,
-                "b_error_type": o.error_type,
-                "b_error_message": o.error_message,
-            }
-            for o in outcomes
-        ],
+        update(JOBS)
+        .where(JOBS.c.id == table.c.o_id, JOBS.c.attempts == table.c.o_attempt, JOBS.c.status == JobStatus.RUNNING.value)
+        .values(
+            status=table.c.o_status, output=table.c.o_output, error_type=table.c.o_error_type,
+            error_message=table.c.o_error_message, finished_at=now, lease_until=None,
+        )
     )
 
 

@@ -115,7 +115,9 @@ class Client:
             self.publisher.publish_groups((m, p, g) for (m, p), g in groups.items())
         except Exception as exc:  # the rows are the ledger: the sweeper publishes them later
             log.warning("could not publish to %s (%s); the sweeper will re-publish", self.publisher.redacted_url(), exc)
-        return self.get_many(ids)
+        # New rows are known without reading them back; only jobs found by key are read.
+        earlier = {v.id: v for v in self.get_many([i for job, i in zip(new_jobs, ids, strict=True) if i != job.id])}
+        return [earlier.get(job_id) or _queued_view(job) for job, job_id in zip(new_jobs, ids, strict=True)]
 
     def _new_job(self, index: int, raw: JobRequestType | dict[str, object], *, multiple: bool) -> store.NewJob:
         try:
@@ -147,6 +149,8 @@ class Client:
     def get_many(self, ids: Sequence[uuid.UUID | str]) -> list[JobView]:
         """Jobs in the order of `ids`; raises JobNotFoundError if any is missing."""
         wanted = [_as_uuid(i) for i in ids]
+        if not wanted:
+            return []
         with self.sessions() as session:
             found = {}
             for start in range(0, len(wanted), 500):
@@ -201,6 +205,13 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _queued_view(job: store.NewJob) -> JobView:
+    return JobView(
+        id=job.id, status="queued", model=job.model, task=job.task, input=job.input, priority=job.priority,
+        created_at=job.created_at, expires_at=job.expires_at,
+    )
 
 
 def _as_uuid(job_id: uuid.UUID | str) -> uuid.UUID:

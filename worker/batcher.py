@@ -62,6 +62,7 @@ class Batcher:
         max_attempts: int,
         on_batch: Callable[[Sequence[store.Outcome], int, float], None] | None = None,
         on_claim: Callable[[list[datetime]], None] | None = None,
+        fast_commits: bool = True,
     ) -> None:
         self.runner = runner
         self.spec = runner.spec
@@ -71,6 +72,7 @@ class Batcher:
         self.max_attempts = max_attempts
         self.on_batch = on_batch
         self.on_claim = on_claim
+        self.fast_commits = fast_commits
         self.stats = BatchStats()
         self._inbox: queue.SimpleQueue[_Ticket | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.spec.name}", daemon=True)
@@ -145,6 +147,8 @@ class Batcher:
     def _claim(self, ids: set[uuid.UUID], *, first_attempt_only: bool) -> list[store.ClaimedJob]:
         def claim() -> list[store.ClaimedJob]:
             with self.sessions.begin() as session:
+                if self.fast_commits:
+                    store.skip_commit_flush(session)
                 return store.claim_jobs(
                     session, ids=ids, model=self.spec.name, worker=self.worker_name,
                     lease=self.lease, max_attempts=self.max_attempts, first_attempt_only=first_attempt_only,
@@ -175,6 +179,8 @@ class Batcher:
 
         def write() -> None:
             with self.sessions.begin() as session:
+                if self.fast_commits:
+                    store.skip_commit_flush(session)
                 store.finish_jobs(session, outcomes=finished)
                 store.release_jobs(session, claims=released)
 

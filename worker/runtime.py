@@ -69,6 +69,7 @@ class WorkerRuntime:
                 max_attempts=self.settings.max_attempts,
                 on_batch=partial(self._batch_written, name),
                 on_claim=partial(metrics.observe_claims, name),
+                fast_commits=self.settings.fast_commits,
             )
             batcher.start()
             self.batchers[name] = batcher
