@@ -20,6 +20,7 @@ from sqlalchemy import (
     Uuid,
     and_,
     bindparam,
+    case,
     column,
     delete,
     func,
@@ -150,45 +151,37 @@ def claim_jobs(
     if not id_list:
         return []
     now = utcnow()
+    expired = and_(Job.expires_at.is_not(None), Job.expires_at < now)
+    exhausted = Job.attempts >= max_attempts
+    ends_now = or_(expired, exhausted)
     claimable = and_(
         Job.id.in_(id_list),
         Job.model == model,
         or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, Job.lease_until < now)),
+        or_(Job.attempts == 0, ends_now) if first_attempt_only else true(),
     )
-    session.execute(
-        update(Job)
-        .where(claimable, Job.expires_at.is_not(None), Job.expires_at < now)
-        .values(
-            status=JobStatus.EXPIRED,
-            finished_at=now,
-            error_type=EXPIRED_ERROR,
-            error_message="the job's deadline passed before it could run",
-        )
-    )
-    session.execute(
-        update(Job)
-        .where(claimable, Job.attempts >= max_attempts)
-        .values(
-            status=JobStatus.FAILED,
-            finished_at=now,
-            error_type=MAX_ATTEMPTS_ERROR,
-            error_message=f"exceeded max attempts ({max_attempts}): every try ended without a result",
-        )
-    )
+    # One statement per batch: claim the runnable rows and end the expired and exhausted ones.
     result = session.execute(
         update(Job)
-        .where(claimable, Job.attempts == 0 if first_attempt_only else true())
+        .where(claimable)
         .values(
-            status=JobStatus.RUNNING,
-            attempts=Job.attempts + 1,
-            started_at=now,
-            worker=worker,
-            lease_until=now + lease,
+            status=case((expired, JobStatus.EXPIRED.value), (exhausted, JobStatus.FAILED.value), else_=JobStatus.RUNNING.value),
+            attempts=case((ends_now, Job.attempts), else_=Job.attempts + 1),
+            started_at=case((ends_now, Job.started_at), else_=now),
+            finished_at=case((ends_now, now), else_=None),
+            worker=case((ends_now, Job.worker), else_=worker),
+            lease_until=case((ends_now, None), else_=now + lease),
+            error_type=case((expired, EXPIRED_ERROR), (exhausted, MAX_ATTEMPTS_ERROR), else_=None),
+            error_message=case(
+                (expired, "the job's deadline passed before it could run"),
+                (exhausted, f"exceeded max attempts ({max_attempts}): every try ended without a result"),
+                else_=None,
+            ),
         )
-        .returning(Job.id, Job.model, Job.task, Job.input, Job.attempts, Job.created_at),
+        .returning(Job.id, Job.model, Job.task, Job.input, Job.attempts, Job.created_at, Job.status),
         execution_options={"synchronize_session": False},
     )
-    return [ClaimedJob(*row) for row in result.tuples()]
+    return [ClaimedJob(*row[:6]) for row in result.tuples() if row[6] == JobStatus.RUNNING]
 
 
 def _update_under_claim() -> Update:

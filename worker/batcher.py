@@ -1,9 +1,11 @@
 """One batcher thread per model: the only thread that touches the model and its tokenizer.
 
-Task threads hand in job ids and block on futures. The batcher gathers ids from any number of
-messages (up to `max_batch_size`, waiting at most `max_wait_ms` after the first), claims them in one
-statement, sorts them by length and splits them by `max_batch_tokens` to cut padding, runs the
-model, writes every outcome in one transaction, then resolves the futures.
+Task threads hand in job ids and return (they block only while too much is already in hand, which
+is the backpressure that keeps unacked work bounded). The batcher gathers ids from any number of
+messages (up to `max_batch_size`, waiting at most `max_wait_ms` after the first when load is up),
+claims them in one statement, sorts them by length and splits them by `max_batch_tokens` to cut
+padding, and runs the model. A writer thread writes each batch's outcomes in one transaction while
+the model already runs the next batch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,11 +31,9 @@ from worker.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(slots=True)
-class _Ticket:
-    job_id: uuid.UUID
-    future: Future[None]
+# Jobs in hand (handed in, not yet written) per batch slot before task threads wait: enough to
+# form the next batches while one runs, little enough that a crash leaves few acked jobs behind.
+HIGH_WATER_BATCHES = 4
 
 
 @dataclass(slots=True)
@@ -42,6 +41,16 @@ class _Item:
     claim: store.ClaimedJob
     input: JobInput
     tokens: int
+
+
+@dataclass(slots=True)
+class _Write:
+    """One transaction for the writer thread; `settles` ids leave the in-hand count after it."""
+
+    outcomes: list[store.Outcome]
+    computed: int
+    seconds: float
+    settles: int = 0
 
 
 @dataclass
@@ -74,75 +83,111 @@ class Batcher:
         self.on_claim = on_claim
         self.fast_commits = fast_commits
         self.stats = BatchStats()
-        self._inbox: queue.SimpleQueue[_Ticket | None] = queue.SimpleQueue()
+        self.high_water = HIGH_WATER_BATCHES * self.spec.max_batch_size
+        self._inbox: queue.SimpleQueue[uuid.UUID | None] = queue.SimpleQueue()
+        # Two writes may wait: if the database falls further behind, the model waits for it.
+        self._writes: queue.Queue[_Write | None] = queue.Queue(maxsize=2)
+        self._in_hand = 0
+        self._room = threading.Condition()
+        self._last_batch_size = 0
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.spec.name}", daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name=f"writer-{self.spec.name}", daemon=True)
 
     def start(self) -> None:
+        self._writer.start()
         self._thread.start()
 
-    def submit(self, job_ids: Sequence[uuid.UUID]) -> list[Future[None]]:
-        """Queue jobs for the next batches; each future resolves once its job's row is written."""
-        tickets = [_Ticket(job_id, Future()) for job_id in job_ids]
-        for ticket in tickets:
-            self._inbox.put(ticket)
-        return [t.future for t in tickets]
+    def hand_in(self, job_ids: Sequence[uuid.UUID], timeout: float | None = None) -> None:
+        """Queue jobs for the next batches. Blocks while the batcher already holds `high_water`
+        jobs, so a worker never acks far more messages than it is about to compute."""
+        with self._room:
+            self._room.wait_for(lambda: self._in_hand < self.high_water, timeout)
+            self._in_hand += len(job_ids)
+        for job_id in job_ids:
+            self._inbox.put(job_id)
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Finish what was handed in, then end the thread."""
+    def in_hand(self) -> int:
+        with self._room:
+            return self._in_hand
+
+    def stop(self, timeout: float = 120.0) -> None:
+        """Finish and write everything handed in, then end both threads."""
         self._inbox.put(None)
         self._thread.join(timeout)
+        self._writer.join(timeout)
 
     # -- the batcher thread ------------------------------------------------------------------
     def _loop(self) -> None:
         stopping = False
         while not stopping:
-            tickets, stopping = self._gather()
-            if tickets:
+            ids, stopping = self._gather()
+            if ids:
                 try:
-                    self._run_batch(tickets)
-                except Exception as exc:  # a database or broker failure: tasks see it and fail
-                    log.exception("batch of %d %s jobs failed", len(tickets), self.spec.name)
-                    for t in tickets:
-                        if not t.future.done():
-                            t.future.set_exception(exc)
+                    self._run_batch(ids)
+                except Exception:  # the database stayed down past the retries: jobs keep their
+                    # lease or stay queued, and the sweeper brings them back later.
+                    log.exception("batch of %d %s jobs failed", len(ids), self.spec.name)
+                self._writes.put(_Write([], 0, 0.0, settles=len(ids)))
+        self._writes.put(None)
 
-    def _gather(self) -> tuple[list[_Ticket], bool]:
+    def _gather(self) -> tuple[list[uuid.UUID], bool]:
         first = self._inbox.get()
         if first is None:
             return [], True
-        tickets = [first]
-        deadline = time.monotonic() + self.spec.max_wait_ms / 1000
-        while len(tickets) < self.spec.max_batch_size:
+        ids = [first]
+        # Under light load (the last batch was a single job) waiting only adds latency.
+        wait_s = self.spec.max_wait_ms / 1000 if self._last_batch_size > 1 else 0.0
+        deadline = time.monotonic() + wait_s
+        while len(ids) < self.spec.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
-                ticket = self._inbox.get(timeout=remaining) if remaining > 0 else self._inbox.get_nowait()
+                job_id = self._inbox.get(timeout=remaining) if remaining > 0 else self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if ticket is None:
-                return tickets, True
-            tickets.append(ticket)
-        return tickets, False
+            if job_id is None:
+                return ids, True
+            ids.append(job_id)
+        self._last_batch_size = len(ids)
+        return ids, False
 
-    def _run_batch(self, tickets: list[_Ticket]) -> None:
-        ids = {t.job_id for t in tickets}
+    def _run_batch(self, job_ids: list[uuid.UUID]) -> None:
+        ids = set(job_ids)
         claims = self._claim(ids, first_attempt_only=True)
         items, outcomes = self._parse(claims)
         items.sort(key=lambda item: item.tokens)
         started = time.perf_counter()
         for group in self._token_bounded(items):
             outcomes.extend(self._predict_isolating(group))
-        self._record(outcomes, len(items), time.perf_counter() - started)
+        self._writes.put(_Write(outcomes, len(items), time.perf_counter() - started))
         # Jobs tried before without a result (maybe they killed a worker) are claimed and run one
         # by one after the batch is written, so a poison job takes no other job down with it.
+        if ids - {c.id for c in claims}:
+            self._writes.join()  # the batch's results are committed before any suspect runs
         for job_id in ids - {c.id for c in claims}:
             retry_items, retry_outcomes = self._parse(self._claim({job_id}, first_attempt_only=False))
             started = time.perf_counter()
             for item in retry_items:
                 retry_outcomes.extend(self._predict_isolating([item]))
             if retry_outcomes:
-                self._record(retry_outcomes, len(retry_items), time.perf_counter() - started)
-        for t in tickets:
-            t.future.set_result(None)
+                self._writes.put(_Write(retry_outcomes, len(retry_items), time.perf_counter() - started))
+                self._writes.join()
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        while (write := self._writes.get()) is not None:
+            try:
+                if write.outcomes:
+                    self._record(write.outcomes, write.computed, write.seconds)
+            except Exception:
+                log.exception("could not write %d %s outcomes; their leases will expire and they run again",
+                              len(write.outcomes), self.spec.name)
+            finally:
+                if write.settles:
+                    with self._room:
+                        self._in_hand -= write.settles
+                        self._room.notify_all()
+                self._writes.task_done()
+        self._writes.task_done()
 
     def _claim(self, ids: set[uuid.UUID], *, first_attempt_only: bool) -> list[store.ClaimedJob]:
         def claim() -> list[store.ClaimedJob]:
@@ -173,7 +218,7 @@ class Batcher:
         return items, failures
 
     def _record(self, outcomes: list[store.Outcome], computed: int, elapsed: float) -> None:
-        """Write a batch's outcomes in one transaction (retried if the database drops)."""
+        """Write a batch's outcomes in one transaction (retried if the database drops); writer thread."""
         finished = [o for o in outcomes if o.status is not JobStatus.QUEUED]
         released = [(o.id, o.attempt) for o in outcomes if o.status is JobStatus.QUEUED]
 

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import wait
 from datetime import timedelta
 from functools import partial
 
@@ -84,15 +83,18 @@ class WorkerRuntime:
         metrics.observe_batch(model, outcomes, computed, seconds)
         publish_finished(self._redis, [o.id for o in outcomes])
 
-    def run(self, model: str, job_ids: Sequence[uuid.UUID]) -> None:
-        """Run the jobs through the model's batcher and return once their rows are written."""
+    def hand_in(self, model: str, job_ids: Sequence[uuid.UUID]) -> None:
+        """Give the jobs to the model's batcher; returns once it has room for them.
+
+        The message is acked then, before the jobs are computed: the jobs table, not the message,
+        is what keeps them safe (a crash leaves them queued or leased, and the sweeper
+        re-publishes them). Not blocking until the rows are written is what lets one batch take
+        jobs from many more messages than there are task threads.
+        """
         batcher = self.batchers.get(model)
         if batcher is None:
             raise ModelNotServedError(f"this worker serves {self.models}, not {model!r}")
-        futures = batcher.submit(job_ids)
-        wait(futures)
-        for future in futures:
-            future.result()  # re-raise a batch failure in the task thread
+        batcher.hand_in(job_ids)
 
     def stop(self) -> None:
         self._stop.set()

@@ -23,5 +23,5 @@ def run_jobs(body: Any) -> int:
         # Nothing in it names a valid job to fail; acking drops only the bad message.
         log.error("dropped malformed message: %s", exc)
         return 0
-    get_runtime().run(message.model, message.job_ids)
+    get_runtime().hand_in(message.model, message.job_ids)
     return len(message.job_ids)
