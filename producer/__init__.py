@@ -3,7 +3,6 @@
 from producer.client import Client
 from producer.contract import ClassifyRequest, JobView, SummarizeRequest
 from producer.errors import (
-    BrokerUnavailableError,
     InvalidJobError,
     JobNotFoundError,
     JobTimeoutError,
@@ -12,7 +11,6 @@ from producer.errors import (
 from producer.registry import ModelSpec
 
 __all__ = [
-    "BrokerUnavailableError",
     "ClassifyRequest",
     "Client",
     "InvalidJobError",

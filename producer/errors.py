@@ -36,7 +36,3 @@ class JobNotFoundError(TextqError, LookupError):
 
 class JobTimeoutError(TextqError, TimeoutError):
     """The job did not finish within the wait timeout; it may still finish later: call get()."""
-
-
-class BrokerUnavailableError(TextqError, ConnectionError):
-    """Redis could not be reached to enqueue. The job rows exist and the sweeper will publish them."""

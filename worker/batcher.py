@@ -53,13 +53,6 @@ class _Write:
     settles: int = 0
 
 
-@dataclass
-class BatchStats:
-    batches: int = 0
-    jobs: int = 0
-    inference_s: float = 0.0
-
-
 class Batcher:
     def __init__(
         self,
@@ -82,7 +75,6 @@ class Batcher:
         self.on_batch = on_batch
         self.on_claim = on_claim
         self.fast_commits = fast_commits
-        self.stats = BatchStats()
         self.high_water = HIGH_WATER_BATCHES * self.spec.max_batch_size
         self._inbox: queue.SimpleQueue[uuid.UUID | None] = queue.SimpleQueue()
         # Two writes may wait: if the database falls further behind, the model waits for it.
@@ -105,10 +97,6 @@ class Batcher:
             self._in_hand += len(job_ids)
         for job_id in job_ids:
             self._inbox.put(job_id)
-
-    def in_hand(self) -> int:
-        with self._room:
-            return self._in_hand
 
     def stop(self, timeout: float = 120.0) -> None:
         """Finish and write everything handed in, then end both threads."""
@@ -230,9 +218,6 @@ class Batcher:
                 store.release_jobs(session, claims=released)
 
         with_retries(write, what=f"write {self.spec.name} results")
-        self.stats.batches += 1
-        self.stats.jobs += computed
-        self.stats.inference_s += elapsed
         if self.on_batch is not None:
             self.on_batch(finished, computed, elapsed)
 
@@ -288,4 +273,4 @@ def _failure(claim: store.ClaimedJob, exc: Exception) -> store.Outcome:
     )
 
 
-__all__ = ["BatchStats", "Batcher"]
+__all__ = ["Batcher"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import MODELS_FILE, TEST_ROOT, Backend
+from tests.conftest import MODELS_FILE
 from tests.services import create_postgres_database, drop_postgres_database, service_missing
 
 
@@ -132,10 +132,6 @@ FAULT_ENV = {
 }
 
 
-def fault_backend(database_url: str, broker_url: str) -> Backend:
-    return Backend("fault", database_url, broker_url)
-
-
 @pytest.fixture()
 def private_redis() -> Iterator[RedisServer]:
     server = RedisServer()
@@ -156,9 +152,3 @@ def postgres_db() -> Iterator[str]:
 
     session_factory.cache_clear()
     drop_postgres_database(name)
-
-
-@pytest.fixture()
-def fault_log() -> Path:
-    path = TEST_ROOT / f"fault-{time.monotonic_ns()}.log"
-    return path
