@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from functools import partial
@@ -22,6 +23,7 @@ from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Qu
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import select
@@ -125,6 +127,7 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
     app.add_exception_handler(InvalidJobError, _invalid_job)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(JobNotFoundError, _not_found)
+    _serve_metrics(app)
     app.include_router(_health_routes(the_client))
     app.include_router(_job_routes(the_client, settings), dependencies=[Depends(_key_checker(settings))])
     _document_job_request(app)
@@ -246,6 +249,32 @@ def _document_job_request(app: FastAPI) -> None:
         return app.openapi_schema or schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+# -- metrics ----------------------------------------------------------------------------------
+def _serve_metrics(app: FastAPI) -> None:
+    """Request counts and latency by route template at GET /metrics (Prometheus text format).
+
+    A registry of the app's own, so that several apps in one process (tests) do not collide.
+    """
+    registry = CollectorRegistry()
+    requests = Counter("textq_gateway_requests_total", "HTTP requests served", ["method", "route", "status"],
+                       registry=registry)
+    latency = Histogram("textq_gateway_request_seconds", "HTTP request latency", ["method", "route"], registry=registry,
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")  # the template, not the job id
+        requests.labels(request.method, route, str(response.status_code)).inc()
+        latency.labels(request.method, route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 # -- routes -----------------------------------------------------------------------------------

@@ -244,3 +244,13 @@ def test_openapi_docs(api: TestClient) -> None:
     schema = api.get("/openapi.json").json()
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel"} <= set(schema["paths"])
     assert {"ClassifyRequest", "SummarizeRequest", "JobRequest", "JobView"} <= set(schema["components"]["schemas"])
+
+
+def test_metrics_count_requests_by_route_template(api: TestClient) -> None:
+    api.get("/v1/jobs/00000000-0000-0000-0000-000000000000")
+    api.get("/healthz")
+    text = api.get("/metrics").text
+    assert 'textq_gateway_requests_total{method="GET",route="/v1/jobs/{job_id}",status="404"} 1.0' in text
+    assert 'textq_gateway_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    assert 'textq_gateway_request_seconds_count{method="GET",route="/v1/jobs/{job_id}"} 1.0' in text
+    assert "00000000-0000" not in text  # ids never become label values
