@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Index, Integer, String, Text, TypeDecorator, Uuid
+from sqlalchemy import JSON, CheckConstraint, DateTime, Index, Integer, String, Text, TypeDecorator, Uuid, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -89,4 +89,11 @@ class Job(Base):
         Index("ix_jobs_status_model_created", "status", "model", "created_at"),
         Index("ix_jobs_created_at", "created_at"),
         Index("ix_jobs_finished_at", "finished_at"),
+        Index(
+            "ix_jobs_unfinished_priority_created",
+            "priority",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+            sqlite_where=text("status IN ('queued', 'running')"),
+        ),
     )
