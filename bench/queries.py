@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from db import store, upgrade
-from db.engine import session_factory
+from db.engine import make_engine, session_factory
 from db.models import JobStatus, utcnow
 from tests.services import create_postgres_database, drop_postgres_database
 
@@ -61,8 +61,8 @@ def main() -> None:
         started = time.perf_counter()
         with sessions.begin() as session:
             session.execute(text(FILL), {"n": args.rows})
-        with sessions() as session:
-            session.connection().execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE jobs"))
+        with make_engine(url).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE jobs"))
         print(f"filled {args.rows:,} rows in {time.perf_counter() - started:.1f}s\n")
         with sessions() as session:
             some_id = session.execute(text("SELECT id FROM jobs OFFSET :o LIMIT 1"), {"o": args.rows // 2}).scalar_one()
