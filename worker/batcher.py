@@ -149,9 +149,11 @@ class Batcher:
         self._writes.put(_Write(outcomes, len(items), time.perf_counter() - started))
         # Jobs tried before without a result (maybe they killed a worker) are claimed and run one
         # by one after the batch is written, so a poison job takes no other job down with it.
-        if ids - {c.id for c in claims}:
+        # (Ids of finished jobs, from redelivered messages, land here too; their claim is empty.)
+        retried = ids - {c.id for c in claims}
+        if retried:
             self._writes.join()  # the batch's results are committed before any suspect runs
-        for job_id in ids - {c.id for c in claims}:
+        for job_id in retried:
             retry_items, retry_outcomes = self._parse(self._claim({job_id}, first_attempt_only=False))
             started = time.perf_counter()
             for item in retry_items:
