@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 @app.task(name=RUN_JOBS_TASK)
 def run_jobs(body: Any) -> int:
-    """Run the jobs named in `body` ({"model": ..., "job_ids": [...]}); returns how many ids."""
+    """Hand the jobs named in `body` ({"model": ..., "job_ids": [...]}) to the model's batcher; returns how many."""
     try:
         message = JobMessage.model_validate(body)
     except ValidationError as exc:
