@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -77,6 +78,13 @@ class Publisher:
                     self.app.send_task(
                         RUN_JOBS_TASK, args=[body], queue=model_queue(model), priority=priority, producer=producer
                     )
+
+    def publish_jobs(self, jobs: Iterable[tuple[uuid.UUID, str, int]]) -> None:
+        """Publish (id, model, priority) jobs, grouped so that each message carries many ids."""
+        groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
+        for job_id, model, priority in jobs:
+            groups[(model, priority)].append(job_id)
+        self.publish_groups((model, priority, ids) for (model, priority), ids in groups.items())
 
     def queue_depth(self, model: str) -> int:
         """Messages waiting on a model's queue (all priority levels), not counting reserved ones."""

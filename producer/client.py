@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -107,12 +106,10 @@ class Client:
         new_jobs = [self._new_job(i, r, multiple=len(requests) > 1) for i, r in enumerate(requests)]
         with self.sessions.begin() as session:
             ids = store.create_jobs(session, jobs=new_jobs)
-        groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
-        for job, job_id in zip(new_jobs, ids, strict=True):
-            if job_id == job.id:  # not an earlier job found by its idempotency key
-                groups[(job.model, job.priority)].append(job_id)
+        # Jobs found by their idempotency key (an id other than the new one) were published before.
+        fresh = [(job.id, job.model, job.priority) for job, job_id in zip(new_jobs, ids, strict=True) if job_id == job.id]
         try:
-            self.publisher.publish_groups((m, p, g) for (m, p), g in groups.items())
+            self.publisher.publish_jobs(fresh)
         except Exception as exc:  # the rows are the ledger: the sweeper publishes them later
             log.warning("could not publish to %s (%s); the sweeper will re-publish", self.publisher.redacted_url(), exc)
         # New rows are known without reading them back; only jobs found by key are read.
@@ -175,6 +172,7 @@ class Client:
         pending = [i for i in wanted if not views[i].done]
         if pending:
             with watch_finished(self._redis, pending) as watcher:
+                # Read again once subscribed: a job that finished before the subscription is seen here.
                 while pending:
                     views.update((v.id, v) for v in self.get_many(pending))
                     pending = [i for i in pending if not views[i].done]

@@ -31,7 +31,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db import store
-from db.engine import session_factory
 from db.models import Job, JobStatus
 from producer.client import Client
 from producer.contract import JobRequest, JobView
@@ -290,7 +289,7 @@ def _health_routes(client: Client) -> APIRouter:
     async def readyz() -> JSONResponse:
         """The database and Redis both answer: send traffic here."""
         checks = {
-            "database": await _check(partial(_ping_database, client.database_url)),
+            "database": await _check(partial(_ping_database, client.sessions)),
             "broker": await _check(partial(_ping_broker, client.settings.broker_url)),
         }
         ready = all(v == "ok" for v in checks.values())
@@ -299,9 +298,9 @@ def _health_routes(client: Client) -> APIRouter:
     return router
 
 
-def _ping_database(url: str) -> None:
+def _ping_database(sessions: sessionmaker[Session]) -> None:
     # The jobs table, not just SELECT 1: an unmigrated database cannot serve a request either.
-    with session_factory(url)() as session:
+    with sessions() as session:
         session.execute(select(Job.id).limit(1))
 
 
@@ -327,7 +326,7 @@ async def _check(ping: Callable[[], None]) -> str:
 def _job_routes(client: Client, settings: GatewaySettings) -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={401: {"description": "missing or unknown API key"}})
     waits = anyio.CapacityLimiter(settings.max_concurrent_waits)
-    sessions = session_factory(client.database_url)
+    sessions = client.sessions
 
     async def blocking(fn: Callable[[], T], limiter: anyio.CapacityLimiter | None = None) -> T:
         return await anyio.to_thread.run_sync(fn, limiter=limiter)

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
@@ -112,10 +111,7 @@ class WorkerRuntime:
                 limit=1000,
                 busy_models=busy,
             )
-        groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
-        for job_id, model, priority in picked:
-            groups[(model, priority)].append(job_id)
-        self.publisher.publish_groups((m, p, ids) for (m, p), ids in groups.items())
+        self.publisher.publish_jobs(picked)
         if picked:
             log.warning("sweeper re-published %d jobs", len(picked))
         return len(picked)
