@@ -41,6 +41,7 @@ from db.models import FINISHED_STATUSES, Job, JobStatus, JSONType, utcnow
 JOBS = cast(Table, Job.__table__)
 MAX_ATTEMPTS_ERROR = "MaxAttemptsExceeded"
 EXPIRED_ERROR = "DeadlineExceeded"
+EXPIRED_MESSAGE = "the job's deadline passed before it could run"
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +174,7 @@ def claim_jobs(
             lease_until=case((ends_now, None), else_=now + lease),
             error_type=case((expired, EXPIRED_ERROR), (exhausted, MAX_ATTEMPTS_ERROR), else_=None),
             error_message=case(
-                (expired, "the job's deadline passed before it could run"),
+                (expired, EXPIRED_MESSAGE),
                 (exhausted, f"exceeded max attempts ({max_attempts}): every try ended without a result"),
                 else_=None,
             ),
@@ -334,7 +335,7 @@ def expire_overdue_jobs(session: Session) -> int:
             status=JobStatus.EXPIRED,
             finished_at=now,
             error_type=EXPIRED_ERROR,
-            error_message="the job's deadline passed before it could run",
+            error_message=EXPIRED_MESSAGE,
         ),
         execution_options={"synchronize_session": False},
     )
