@@ -6,6 +6,7 @@ so "write a whole batch in one transaction" is the caller's `with session.begin(
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -13,29 +14,26 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
-    Integer,
-    String,
     Table,
-    Text,
     Uuid,
     and_,
+    any_,
     bindparam,
     case,
-    column,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
     true,
     update,
-    values,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
-from db.models import FINISHED_STATUSES, Job, JobStatus, JSONType, utcnow
+from db.models import FINISHED_STATUSES, Job, JobStatus, utcnow
 
 # The Core table, for bulk statements (executemany) that the ORM would do row by row.
 JOBS = cast(Table, Job.__table__)
@@ -151,12 +149,15 @@ def claim_jobs(
     id_list = list(ids)
     if not id_list:
         return []
+    postgres = session.get_bind().dialect.name == "postgresql"
     now = utcnow()
     expired = and_(Job.expires_at.is_not(None), Job.expires_at < now)
     exhausted = Job.attempts >= max_attempts
     ends_now = or_(expired, exhausted)
     claimable = and_(
-        Job.id.in_(id_list),
+        # PostgreSQL: `= ANY(array)` keeps the SQL text the same for every batch size, so it is
+        # compiled and prepared once; IN (...) would render a new statement per size.
+        Job.id == any_(literal(id_list, postgresql.ARRAY(Uuid()))) if postgres else Job.id.in_(id_list),
         Job.model == model,
         or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, Job.lease_until < now)),
         or_(Job.attempts == 0, ends_now) if first_attempt_only else true(),
@@ -213,20 +214,28 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
         )
         session.execute(stmt, [dict(zip(keys, row, strict=True)) for row in rows])
         return
-    # PostgreSQL: ONE statement for the whole batch (UPDATE ... FROM VALUES), not one per row.
-    table = values(
-        column("o_id", Uuid()), column("o_attempt", Integer()), column("o_status", String()),
-        column("o_output", JSONType), column("o_error_type", String()), column("o_error_message", Text()),
-        name="outcomes",
-    ).data(rows)
+    # PostgreSQL: ONE statement for the whole batch, with one array per column. The SQL text is
+    # the same for every batch size (VALUES lists would be compiled anew for each batch).
+    columns = list(zip(*rows, strict=True))
     session.execute(
-        update(JOBS)
-        .where(JOBS.c.id == table.c.o_id, JOBS.c.attempts == table.c.o_attempt, JOBS.c.status == JobStatus.RUNNING.value)
-        .values(
-            status=table.c.o_status, output=table.c.o_output, error_type=table.c.o_error_type,
-            error_message=table.c.o_error_message, finished_at=now, lease_until=None,
-        )
+        _FINISH_FROM_ARRAYS,
+        {
+            "ids": list(columns[0]), "attempts": list(columns[1]), "statuses": list(columns[2]),
+            "outputs": [None if o is None else json.dumps(o) for o in columns[3]],
+            "error_types": list(columns[4]), "error_messages": list(columns[5]), "now": now,
+        },
     )
+
+
+_FINISH_FROM_ARRAYS = text(
+    f"""UPDATE {JOBS.name} AS j
+    SET status = o.status, output = CAST(o.output AS jsonb), error_type = o.error_type,
+        error_message = o.error_message, finished_at = :now, lease_until = NULL
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
+                CAST(:outputs AS text[]), CAST(:error_types AS text[]), CAST(:error_messages AS text[]))
+         AS o(id, attempt, status, output, error_type, error_message)
+    WHERE j.id = o.id AND j.attempts = o.attempt AND j.status = '{JobStatus.RUNNING.value}'"""
+)
 
 
 def release_jobs(session: Session, *, claims: Sequence[tuple[uuid.UUID, int]]) -> None:

@@ -46,10 +46,20 @@ def broker_config(settings: ProducerSettings) -> dict[str, Any]:
 
 
 def model_queue(model: str) -> Queue:
-    """A model's queue, bound to a direct exchange of the same name (so routing never depends on a
-    default exchange that producer and worker might configure differently)."""
+    """A model's queue, bound to a direct exchange of the same name (what a worker consumes)."""
     name = queue_name(model)
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def _addressed_queue(model: str) -> Queue:
+    """The same queue, addressed by name through the anonymous exchange (what a producer sends to).
+
+    On Redis a named exchange costs a binding lookup (SMEMBERS) on every publish, and a message
+    sent before any worker bound the queue (or after a FLUSHALL) has nowhere to go. By name, a
+    message always lands on the model's list: one round trip, no binding needed.
+    """
+    name = queue_name(model)
+    return Queue(name, Exchange(""), routing_key=name)
 
 
 def chunked(ids: Sequence[uuid.UUID], size: int) -> Iterable[Sequence[uuid.UUID]]:
@@ -76,7 +86,7 @@ class Publisher:
                 for chunk in chunked(ids, self.settings.jobs_per_message):
                     body = JobMessage(model=model, job_ids=list(chunk)).model_dump(mode="json")
                     self.app.send_task(
-                        RUN_JOBS_TASK, args=[body], queue=model_queue(model), priority=priority, producer=producer
+                        RUN_JOBS_TASK, args=[body], queue=_addressed_queue(model), priority=priority, producer=producer
                     )
 
     def publish_jobs(self, jobs: Iterable[tuple[uuid.UUID, str, int]]) -> None:
