@@ -1,11 +1,15 @@
 """One batcher thread per model: the only thread that touches the model and its tokenizer.
 
 Task threads hand in job ids and return (they block only while too much is already in hand, which
-is the backpressure that keeps unacked work bounded). The batcher gathers ids from any number of
-messages (up to `max_batch_size`, waiting at most `max_wait_ms` after the first when load is up),
-claims them in one statement, sorts them by length and splits them by `max_batch_tokens` to cut
-padding, and runs the model. A writer thread writes each batch's outcomes in one transaction while
-the model already runs the next batch.
+is the backpressure that keeps unacked work bounded). Three threads per model form a pipeline, so
+the model never waits for the database:
+
+- the claimer gathers ids from any number of messages (up to `max_batch_size`, waiting at most
+  `max_wait_ms` after the first when load is up), claims them in one statement and validates their
+  inputs, one batch ahead of the model;
+- the batcher sorts a claimed batch by length, splits it by `max_batch_tokens` to cut padding and
+  runs the model;
+- the writer writes each batch's outcomes in one transaction while the model runs the next batch.
 """
 
 from __future__ import annotations
@@ -44,6 +48,17 @@ class _Item:
 
 
 @dataclass(slots=True)
+class _Claimed:
+    """One claimed batch for the model thread. `suspects` were tried before (maybe they killed a
+    worker): they are claimed and run one by one after the batch is written."""
+
+    items: list[_Item]
+    failures: list[store.Outcome]
+    suspects: set[uuid.UUID]
+    settles: int
+
+
+@dataclass(slots=True)
 class _Write:
     """One transaction for the writer thread; `settles` ids leave the in-hand count after it."""
 
@@ -77,17 +92,21 @@ class Batcher:
         self.fast_commits = fast_commits
         self.high_water = HIGH_WATER_BATCHES * self.spec.max_batch_size
         self._inbox: queue.SimpleQueue[uuid.UUID | None] = queue.SimpleQueue()
+        # One claimed batch waits while the model runs another: claims stay one batch ahead.
+        self._claimed: queue.Queue[_Claimed | None] = queue.Queue(maxsize=1)
         # Two writes may wait: if the database falls further behind, the model waits for it.
         self._writes: queue.Queue[_Write | None] = queue.Queue(maxsize=2)
         self._in_hand = 0
         self._room = threading.Condition()
         self._last_batch_size = 0
+        self._claimer = threading.Thread(target=self._claim_loop, name=f"claimer-{self.spec.name}", daemon=True)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.spec.name}", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"writer-{self.spec.name}", daemon=True)
 
     def start(self) -> None:
         self._writer.start()
         self._thread.start()
+        self._claimer.start()
 
     def hand_in(self, job_ids: Sequence[uuid.UUID], timeout: float | None = None) -> None:
         """Queue jobs for the next batches. Blocks while the batcher already holds `high_water`
@@ -101,22 +120,17 @@ class Batcher:
     def stop(self, timeout: float = 120.0) -> None:
         """Finish and write everything handed in, then end both threads."""
         self._inbox.put(None)
-        self._thread.join(timeout)
-        self._writer.join(timeout)
+        for thread in (self._claimer, self._thread, self._writer):
+            thread.join(timeout)
 
-    # -- the batcher thread ------------------------------------------------------------------
-    def _loop(self) -> None:
+    # -- the claimer thread -------------------------------------------------------------------
+    def _claim_loop(self) -> None:
         stopping = False
         while not stopping:
             ids, stopping = self._gather()
             if ids:
-                try:
-                    self._run_batch(ids)
-                except Exception:  # the database stayed down past the retries: jobs keep their
-                    # lease or stay queued, and the sweeper brings them back later.
-                    log.exception("batch of %d %s jobs failed", len(ids), self.spec.name)
-                self._writes.put(_Write([], 0, 0.0, settles=len(ids)))
-        self._writes.put(None)
+                self._claimed.put(self._claim_batch(ids))
+        self._claimed.put(None)
 
     def _gather(self) -> tuple[list[uuid.UUID], bool]:
         first = self._inbox.get()
@@ -138,22 +152,41 @@ class Batcher:
         self._last_batch_size = len(ids)
         return ids, False
 
-    def _run_batch(self, job_ids: list[uuid.UUID]) -> None:
+    def _claim_batch(self, job_ids: list[uuid.UUID]) -> _Claimed:
         ids = set(job_ids)
-        claims = self._claim(ids, first_attempt_only=True)
-        items, outcomes = self._parse(claims)
-        items.sort(key=lambda item: item.tokens)
+        try:
+            claims = self._claim(ids, first_attempt_only=True)
+        except Exception:  # the database stayed down past the retries: the jobs stay queued or
+            # keep their lease, and the sweeper brings them back later.
+            log.exception("could not claim a batch of %d %s jobs", len(ids), self.spec.name)
+            return _Claimed([], [], set(), settles=len(job_ids))
+        items, failures = self._parse(claims)
+        # Ids of finished jobs (from redelivered messages) are suspects too; their claim is empty.
+        return _Claimed(items, failures, ids - {c.id for c in claims}, settles=len(job_ids))
+
+    # -- the batcher thread ------------------------------------------------------------------
+    def _loop(self) -> None:
+        while (batch := self._claimed.get()) is not None:
+            try:
+                self._run_batch(batch)
+            except Exception:  # the database stayed down past the retries: jobs keep their
+                # lease or stay queued, and the sweeper brings them back later.
+                log.exception("batch of %d %s jobs failed", batch.settles, self.spec.name)
+            self._writes.put(_Write([], 0, 0.0, settles=batch.settles))
+        self._writes.put(None)
+
+    def _run_batch(self, batch: _Claimed) -> None:
+        items = sorted(batch.items, key=lambda item: item.tokens)
+        outcomes = list(batch.failures)
         started = time.perf_counter()
         for group in self._token_bounded(items):
             outcomes.extend(self._predict_isolating(group))
         self._writes.put(_Write(outcomes, len(items), time.perf_counter() - started))
         # Jobs tried before without a result (maybe they killed a worker) are claimed and run one
         # by one after the batch is written, so a poison job takes no other job down with it.
-        # (Ids of finished jobs, from redelivered messages, land here too; their claim is empty.)
-        retried = ids - {c.id for c in claims}
-        if retried:
+        if batch.suspects:
             self._writes.join()  # the batch's results are committed before any suspect runs
-        for job_id in retried:
+        for job_id in batch.suspects:
             retry_items, retry_outcomes = self._parse(self._claim({job_id}, first_attempt_only=False))
             started = time.perf_counter()
             for item in retry_items:
