@@ -62,6 +62,7 @@ class ClaimedJob:
     input: Any
     attempts: int
     created_at: datetime
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,12 @@ class Outcome:
     output: Any = None
     error_type: str | None = None
     error_message: str | None = None
+
+
+def expired_outcome(claim: ClaimedJob) -> Outcome:
+    """A claimed job whose deadline passed before it could run (it is not computed)."""
+    return Outcome(id=claim.id, attempt=claim.attempts, status=JobStatus.EXPIRED,
+                   error_type=EXPIRED_ERROR, error_message=EXPIRED_MESSAGE)
 
 
 def skip_commit_flush(session: Session) -> None:
@@ -180,10 +187,10 @@ def claim_jobs(
                 else_=None,
             ),
         )
-        .returning(Job.id, Job.model, Job.task, Job.input, Job.attempts, Job.created_at, Job.status),
+        .returning(Job.id, Job.model, Job.task, Job.input, Job.attempts, Job.created_at, Job.expires_at, Job.status),
         execution_options={"synchronize_session": False},
     )
-    return [ClaimedJob(*row[:6]) for row in result.tuples() if row[6] == JobStatus.RUNNING]
+    return [ClaimedJob(*row[:7]) for row in result.tuples() if row[7] == JobStatus.RUNNING]
 
 
 def _update_under_claim() -> Update:

@@ -27,7 +27,7 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import store
-from db.models import JobStatus
+from db.models import JobStatus, utcnow
 from producer.contract import JobInput, parse_job_input
 from producer.errors import InvalidJobError
 from worker.retry import with_retries
@@ -35,9 +35,10 @@ from worker.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
-# Jobs in hand (handed in, not yet written) per batch slot before task threads wait: enough to
-# form the next batches while one runs, little enough that a crash leaves few acked jobs behind.
-HIGH_WATER_BATCHES = 4
+# Jobs in hand (handed in, not yet written) per batch slot before task threads wait: enough for
+# every stage (gathering, claimed, computing, two writes) to hold a batch and the next to form,
+# little enough that a crash leaves few acked jobs behind.
+HIGH_WATER_BATCHES = 6
 
 
 @dataclass(slots=True)
@@ -80,6 +81,7 @@ class Batcher:
         on_batch: Callable[[Sequence[store.Outcome], int, float], None] | None = None,
         on_claim: Callable[[list[datetime]], None] | None = None,
         fast_commits: bool = True,
+        torch_threads: int | None = None,
     ) -> None:
         self.runner = runner
         self.spec = runner.spec
@@ -90,6 +92,7 @@ class Batcher:
         self.on_batch = on_batch
         self.on_claim = on_claim
         self.fast_commits = fast_commits
+        self.torch_threads = torch_threads
         self.high_water = HIGH_WATER_BATCHES * self.spec.max_batch_size
         self._inbox: queue.SimpleQueue[uuid.UUID | None] = queue.SimpleQueue()
         # One claimed batch waits while the model runs another: claims stay one batch ahead.
@@ -99,13 +102,20 @@ class Batcher:
         self._in_hand = 0
         self._room = threading.Condition()
         self._last_batch_size = 0
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
         self._claimer = threading.Thread(target=self._claim_loop, name=f"claimer-{self.spec.name}", daemon=True)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.spec.name}", daemon=True)
         self._writer = threading.Thread(target=self._write_loop, name=f"writer-{self.spec.name}", daemon=True)
 
     def start(self) -> None:
+        """Load the model in the batcher thread and start the pipeline; raises if loading fails."""
         self._writer.start()
         self._thread.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            self._claimed.put(None)  # ends the batcher thread, which ends the writer
+            raise self._load_error
         self._claimer.start()
 
     def hand_in(self, job_ids: Sequence[uuid.UUID], timeout: float | None = None) -> None:
@@ -166,6 +176,18 @@ class Batcher:
 
     # -- the batcher thread ------------------------------------------------------------------
     def _loop(self) -> None:
+        # This thread does all of the model's torch work, loading included. OpenMP keeps a team of
+        # threads per thread that runs parallel ops: a second team (say, from loading in the main
+        # thread) spins on the same cores and slowed the forward pass by ~25% on 2 cores. The thread
+        # count is per thread too, so it is set here.
+        try:
+            if self.torch_threads is not None:
+                torch.set_num_threads(self.torch_threads)
+            self.runner.setup()
+        except BaseException as exc:
+            self._load_error = exc
+        finally:
+            self._loaded.set()
         while (batch := self._claimed.get()) is not None:
             try:
                 self._run_batch(batch)
@@ -176,8 +198,16 @@ class Batcher:
         self._writes.put(None)
 
     def _run_batch(self, batch: _Claimed) -> None:
-        items = sorted(batch.items, key=lambda item: item.tokens)
+        # Claimed a batch ahead, a job may pass its deadline while it waits: it ends unrun.
+        now = utcnow()
+        items: list[_Item] = []
         outcomes = list(batch.failures)
+        for item in batch.items:
+            if item.claim.expires_at is not None and item.claim.expires_at < now:
+                outcomes.append(store.expired_outcome(item.claim))
+            else:
+                items.append(item)
+        items.sort(key=lambda item: item.tokens)
         started = time.perf_counter()
         for group in self._token_bounded(items):
             outcomes.extend(self._predict_isolating(group))

@@ -52,13 +52,11 @@ class WorkerRuntime:
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
 
     def start(self) -> None:
-        torch.set_num_threads(self.settings.torch_threads)
         with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
             torch.set_num_interop_threads(1)
         for name in self.models:
             started = time.perf_counter()
             runner = create_runner(self.registry.get(name))
-            runner.setup()
             batcher = Batcher(
                 runner,
                 self.sessions,
@@ -68,8 +66,9 @@ class WorkerRuntime:
                 on_batch=partial(self._batch_written, name),
                 on_claim=partial(metrics.observe_claims, name),
                 fast_commits=self.settings.fast_commits,
+                torch_threads=self.settings.torch_threads,
             )
-            batcher.start()
+            batcher.start()  # loads the model in its own thread
             self.batchers[name] = batcher
             load_seconds = time.perf_counter() - started
             metrics.MODEL_LOAD.labels(name).set(load_seconds)
