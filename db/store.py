@@ -104,6 +104,20 @@ def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
     """
     if not jobs:
         return []
+    keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
+    if session.get_bind().dialect.name == "postgresql":
+        # ONE statement with one array per column, the same SQL text for any number of jobs
+        # (an executemany sends one INSERT per row).
+        session.execute(
+            _INSERT_FROM_ARRAYS,
+            {
+                "ids": [j.id for j in jobs], "models": [j.model for j in jobs], "tasks": [j.task for j in jobs],
+                "inputs": [json.dumps(j.input) for j in jobs], "priorities": [j.priority for j in jobs],
+                "keys": [j.idempotency_key for j in jobs], "expires": [j.expires_at for j in jobs],
+                "created": [j.created_at for j in jobs],
+            },
+        )
+        return _with_existing_ids(session, jobs, keys)
     rows = [
         {
             "id": j.id,
@@ -121,14 +135,30 @@ def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
         }
         for j in jobs
     ]
-    keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
     if not keys:
         session.execute(JOBS.insert(), rows)
         return [j.id for j in jobs]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(JOBS).on_conflict_do_nothing(index_elements=["idempotency_key"])
-    session.execute(stmt, rows)
+    session.execute(sqlite.insert(JOBS).on_conflict_do_nothing(index_elements=["idempotency_key"]), rows)
+    return _with_existing_ids(session, jobs, keys)
+
+
+_INSERT_FROM_ARRAYS = text(
+    f"""INSERT INTO {JOBS.name} (id, model, task, status, input, priority, idempotency_key, expires_at,
+                         attempts, created_at, published_at, publish_count)
+    SELECT id, model, task, '{JobStatus.QUEUED.value}', CAST(input AS jsonb), priority, idempotency_key, expires_at,
+           0, created_at, created_at, 1
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:models AS text[]), CAST(:tasks AS text[]), CAST(:inputs AS text[]),
+                CAST(:priorities AS integer[]), CAST(:keys AS text[]), CAST(:expires AS timestamptz[]),
+                CAST(:created AS timestamptz[]))
+         AS n(id, model, task, input, priority, idempotency_key, expires_at, created_at)
+    ON CONFLICT (idempotency_key) DO NOTHING"""
+)
+
+
+def _with_existing_ids(session: Session, jobs: Sequence[NewJob], keys: list[str]) -> list[uuid.UUID]:
+    """Each job's id: its own, or that of the job inserted earlier under the same idempotency key."""
+    if not keys:
+        return [j.id for j in jobs]
     existing = dict(session.execute(select(Job.idempotency_key, Job.id).where(Job.idempotency_key.in_(keys))).tuples().all())
     return [existing[j.idempotency_key] if j.idempotency_key is not None else j.id for j in jobs]
 
