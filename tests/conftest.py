@@ -65,6 +65,7 @@ MODELS_FILE.write_text(
                 "options": {"max_fit": 4},
             },
             {"name": "failing", "kind": "classify", "runner": "tests.runners:FailingRunner", "max_wait_ms": 50},
+            {"name": "threads", "kind": "classify", "runner": "tests.runners:ThreadReportingRunner"},
         ]
     )
 )

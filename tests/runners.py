@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,3 +61,19 @@ class FailingRunner(EchoRunner):
         if any("BAD" in x.text for x in batch):
             raise ValueError("model cannot handle this input")
         return super().predict(batch)
+
+
+class ThreadReportingRunner(_TestRunner):
+    """Says which thread loaded it and which runs it (torch work must stay in one thread)."""
+
+    def setup(self) -> None:
+        super().setup()
+        self.loaded_in = threading.current_thread().name
+        self.torch_threads = torch.get_num_threads()
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        return [
+            {"label": "ok", "loaded_in": self.loaded_in, "runs_in": threading.current_thread().name,
+             "torch_threads": self.torch_threads}
+            for _ in batch
+        ]

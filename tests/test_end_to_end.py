@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from producer import Client
 from producer.worker_process import WorkerProcess
 
@@ -62,3 +64,12 @@ def test_bulk_of_500_all_succeed(worker: WorkerProcess, client: Client) -> None:
     views = client.wait_many([j.id for j in jobs], timeout=240)
     assert [v.status for v in views] == ["succeeded"] * 500
     assert sum(v.output["label"] == ("positive" if i % 2 else "negative") for i, v in enumerate(views)) >= 450
+
+
+def test_model_is_loaded_and_run_by_its_own_thread(worker: WorkerProcess, client: Client) -> None:
+    # OpenMP keeps a team of threads per thread that starts parallel work: loading in one thread
+    # and running in another left two teams fighting over the cores (~35% slower on 2 cores).
+    view = client.wait(client.classify("which thread?", model="threads").id, timeout=60)
+    assert view.status == "succeeded", view.error_message
+    assert view.output["runs_in"] == view.output["loaded_in"] == "batcher-threads"
+    assert view.output["torch_threads"] == (os.cpu_count() or 1)  # TEXTQ_TORCH_THREADS' default, set in that thread
