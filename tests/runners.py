@@ -74,6 +74,6 @@ class ThreadReportingRunner(_TestRunner):
     def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
         return [
             {"label": "ok", "loaded_in": self.loaded_in, "runs_in": threading.current_thread().name,
-             "torch_threads": self.torch_threads}
+             "torch_threads": self.torch_threads, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
             for _ in batch
         ]

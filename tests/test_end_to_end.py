@@ -73,3 +73,4 @@ def test_model_is_loaded_and_run_by_its_own_thread(worker: WorkerProcess, client
     assert view.status == "succeeded", view.error_message
     assert view.output["runs_in"] == view.output["loaded_in"] == "batcher-threads"
     assert view.output["torch_threads"] == (os.cpu_count() or 1)  # TEXTQ_TORCH_THREADS' default, set in that thread
+    assert view.output["gomp_spincount"] == os.environ.get("GOMP_SPINCOUNT", "10000")  # the worker's default

@@ -7,7 +7,14 @@ redelivery when a worker dies, JSON only, no result backend, one queue per model
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
+
+# Read by GNU OpenMP when torch loads it (worker.tasks imports torch, below). By default an idle
+# OpenMP thread spins ~300,000 times before it sleeps: after every batch that is milliseconds of a
+# core taken from the consumer and the database. 10,000 still bridges the gaps inside a forward
+# pass. Measured on 2 cores, 3 rounds: bulk 277 vs 270 jobs/s, one job per request 168 vs 151.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from celery import Celery, signals
 
