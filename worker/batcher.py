@@ -29,7 +29,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import store
 from db.models import JobStatus, utcnow
 from producer.contract import JobInput, parse_job_input
-from producer.errors import InvalidJobError
 from worker.retry import with_retries
 from worker.runners.base import Runner
 
@@ -264,10 +263,11 @@ class Batcher:
         for claim in claims:
             try:
                 job_input = parse_job_input(self.spec, claim.input)
-            except InvalidJobError as exc:
+                tokens = self.runner.estimate_tokens(job_input)
+            except Exception as exc:  # an invalid input, or one the runner cannot size: it fails alone
                 failures.append(_failure(claim, exc))
                 continue
-            items.append(_Item(claim, job_input, self.runner.estimate_tokens(job_input)))
+            items.append(_Item(claim, job_input, tokens))
         return items, failures
 
     def _record(self, outcomes: list[store.Outcome], computed: int, elapsed: float) -> None:
