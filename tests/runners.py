@@ -55,7 +55,13 @@ class MemoryHungryRunner(EchoRunner):
 
 
 class FailingRunner(EchoRunner):
-    """A model error on one input ("BAD" in the text): that job fails, the rest succeed."""
+    """A model error on one input ("BAD" in the text), or a length it cannot even estimate
+    ("UNSIZABLE"): that job fails, the rest succeed."""
+
+    def estimate_tokens(self, job_input: Any) -> int:
+        if "UNSIZABLE" in job_input.text:
+            raise ValueError("cannot estimate the length of this input")
+        return super().estimate_tokens(job_input)
 
     def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
         if any("BAD" in x.text for x in batch):

@@ -105,6 +105,15 @@ def test_a_model_error_fails_only_its_own_job(worker: WorkerProcess, client: Cli
     assert [v.output["label"] for v in views[:7]] == [t.upper() for t in texts[:7]]
 
 
+def test_an_input_the_runner_cannot_size_fails_alone_and_the_worker_goes_on(worker: WorkerProcess, client: Client) -> None:
+    texts = [unique_text("ok") for _ in range(5)] + [unique_text("UNSIZABLE")]
+    views = client.wait_many([j.id for j in client.submit_many([{"text": t, "model": "failing"} for t in texts])], timeout=30)
+    assert [v.status for v in views] == ["succeeded"] * 5 + ["failed"]
+    assert views[-1].error_message == "cannot estimate the length of this input"
+    later = client.wait(client.classify(unique_text("later"), model="failing").id, timeout=30)
+    assert later.status == "succeeded"
+
+
 def test_out_of_memory_batches_are_split_until_they_fit(worker: WorkerProcess, client: Client) -> None:
     texts = [unique_text("fit") for _ in range(16)]
     jobs = client.submit_many([{"text": t, "model": "hungry"} for t in texts])
