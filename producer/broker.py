@@ -83,11 +83,10 @@ class Publisher:
         """Publish each (model, priority, ids) group, `jobs_per_message` ids per message."""
         with self.app.producer_or_acquire() as producer:
             for model, priority, ids in groups:
+                queue = _addressed_queue(model)
                 for chunk in chunked(ids, self.settings.jobs_per_message):
                     body = JobMessage(model=model, job_ids=list(chunk)).model_dump(mode="json")
-                    self.app.send_task(
-                        RUN_JOBS_TASK, args=[body], queue=_addressed_queue(model), priority=priority, producer=producer
-                    )
+                    self.app.send_task(RUN_JOBS_TASK, args=[body], queue=queue, priority=priority, producer=producer)
 
     def publish_jobs(self, jobs: Iterable[tuple[uuid.UUID, str, int]]) -> None:
         """Publish (id, model, priority) jobs, grouped so that each message carries many ids."""

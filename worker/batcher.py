@@ -127,7 +127,7 @@ class Batcher:
             self._inbox.put(job_id)
 
     def stop(self, timeout: float = 120.0) -> None:
-        """Finish and write everything handed in, then end both threads."""
+        """Finish and write everything handed in, then end the claimer, batcher and writer threads."""
         self._inbox.put(None)
         for thread in (self._claimer, self._thread, self._writer):
             thread.join(timeout)
@@ -197,32 +197,32 @@ class Batcher:
         self._writes.put(None)
 
     def _run_batch(self, batch: _Claimed) -> None:
-        # Claimed a batch ahead, a job may pass its deadline while it waits: it ends unrun.
-        now = utcnow()
-        items: list[_Item] = []
-        outcomes = list(batch.failures)
-        for item in batch.items:
-            if item.claim.expires_at is not None and item.claim.expires_at < now:
-                outcomes.append(store.expired_outcome(item.claim))
-            else:
-                items.append(item)
-        items.sort(key=lambda item: item.tokens)
-        started = time.perf_counter()
-        for group in self._token_bounded(items):
-            outcomes.extend(self._predict_isolating(group))
-        self._writes.put(_Write(outcomes, len(items), time.perf_counter() - started))
+        self._writes.put(self._compute(batch.items, list(batch.failures)))
         # Jobs tried before without a result (maybe they killed a worker) are claimed and run one
         # by one after the batch is written, so a poison job takes no other job down with it.
         if batch.suspects:
             self._writes.join()  # the batch's results are committed before any suspect runs
         for job_id in batch.suspects:
-            retry_items, retry_outcomes = self._parse(self._claim({job_id}, first_attempt_only=False))
-            started = time.perf_counter()
-            for item in retry_items:
-                retry_outcomes.extend(self._predict_isolating([item]))
-            if retry_outcomes:
-                self._writes.put(_Write(retry_outcomes, len(retry_items), time.perf_counter() - started))
+            write = self._compute(*self._parse(self._claim({job_id}, first_attempt_only=False)))
+            if write.outcomes:
+                self._writes.put(write)
                 self._writes.join()
+
+    def _compute(self, items: list[_Item], outcomes: list[store.Outcome]) -> _Write:
+        """Run `items` in length-sorted, token-bounded groups; `outcomes` gets theirs appended."""
+        # Claimed a batch ahead, a job may pass its deadline while it waits: it ends unrun.
+        now = utcnow()
+        runnable: list[_Item] = []
+        for item in items:
+            if item.claim.expires_at is not None and item.claim.expires_at < now:
+                outcomes.append(store.expired_outcome(item.claim))
+            else:
+                runnable.append(item)
+        runnable.sort(key=lambda item: item.tokens)
+        started = time.perf_counter()
+        for group in self._token_bounded(runnable):
+            outcomes.extend(self._predict_isolating(group))
+        return _Write(outcomes, len(runnable), time.perf_counter() - started)
 
     # -- the writer thread -------------------------------------------------------------------
     def _write_loop(self) -> None:
