@@ -67,7 +67,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--raw-s", type=float, default=6.0, help="seconds of each raw run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per mode; tables show medians")
     parser.add_argument("--producers", type=int, default=4, help="producer threads for per-request and naive")
-    parser.add_argument("--concurrency", type=int, default=None, help="textq worker -c (default: TEXTQ_WORKER_CONCURRENCY)")
     parser.add_argument("--naive-pool", choices=("threads", "solo"), default="threads", help="naive worker pool")
     parser.add_argument("--naive-concurrency", type=int, default=4, help="naive worker -c (threads pool)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",

@@ -63,7 +63,7 @@ class BenchRun:
 
     def _textq(self) -> None:
         spec, h, args = self.spec, self.harness, self.args
-        with textq_worker(self.env.env, spec.name, concurrency=args.concurrency, log_path=self.env.root / "worker.log") as w:
+        with textq_worker(self.env.env, spec.name, log_path=self.env.root / "worker.log") as w:
             h.warm_up(self.requests[: spec.max_batch_size])
             if "bulk" in self.modes:
                 self._repeat("bulk", lambda: h.bulk("bulk", self.requests, w.pid))
@@ -77,7 +77,7 @@ class BenchRun:
     def _null(self) -> None:
         h, args = self.harness, self.args
         requests = requests_for(default_registry().get("null"), short_texts(args.null_n))
-        with textq_worker(self.env.env, "null", concurrency=args.concurrency, log_path=self.env.root / "worker-null.log") as w:
+        with textq_worker(self.env.env, "null", log_path=self.env.root / "worker-null.log") as w:
             h.warm_up(requests[:256])
             if "null-bulk" in self.modes:
                 self._repeat("null-bulk", lambda: h.bulk("null-bulk", requests, w.pid))

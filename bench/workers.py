@@ -12,8 +12,8 @@ from producer.worker_process import WorkerProcess
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def textq_worker(env: dict[str, str], model: str, *, concurrency: int | None, log_path: Path) -> WorkerProcess:
-    return WorkerProcess(env=env, models=[model], concurrency=concurrency, log_path=log_path, name=f"bench-{model}")
+def textq_worker(env: dict[str, str], model: str, *, log_path: Path) -> WorkerProcess:
+    return WorkerProcess(env=env, models=[model], log_path=log_path, name=f"bench-{model}")
 
 
 def naive_worker(env: dict[str, str], model: str, *, pool: str, concurrency: int, log_path: Path) -> WorkerProcess:

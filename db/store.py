@@ -298,9 +298,11 @@ _FINISH_FROM_ARRAYS = text(
 
 def release_jobs(session: Session, *, claims: Sequence[tuple[uuid.UUID, int]]) -> None:
     """Put running jobs back to queued under their (id, attempt) claim, for a later retry."""
-    stmt = _update_under_claim().values(status=JobStatus.QUEUED.value, lease_until=None, worker=None)
     if claims:
-        session.execute(stmt, [{"b_id": job_id, "b_attempt": attempt} for job_id, attempt in claims])
+        session.execute(_RELEASE_EACH, [{"b_id": job_id, "b_attempt": attempt} for job_id, attempt in claims])
+
+
+_RELEASE_EACH = _update_under_claim().values(status=JobStatus.QUEUED.value, lease_until=None, worker=None)
 
 
 def get_job(session: Session, *, job_id: uuid.UUID) -> Job | None:

@@ -61,11 +61,10 @@ def cli(verbose: bool) -> None:
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--models", help="Comma-separated models to serve (default: all in the registry).")
-@click.option("-c", "--concurrency", type=int, help="Task threads (default TEXTQ_WORKER_CONCURRENCY, 8).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--check", is_flag=True, help="Do not start: exit 0 if a worker on this host answers a ping (health check).")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(models: str | None, concurrency: int | None, loglevel: str, check: bool, celery_args: tuple[str, ...]) -> None:
+def worker(models: str | None, loglevel: str, check: bool, celery_args: tuple[str, ...]) -> None:
     """Start a worker that serves MODELS' queues (extra arguments go to `celery worker`).
 
     Models load once at start-up; one batcher thread per model runs them. Scale out by starting
@@ -81,8 +80,6 @@ def worker(models: str | None, concurrency: int | None, loglevel: str, check: bo
     if models:
         os.environ["TEXTQ_WORKER_MODELS"] = models
     args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "threads", "--loglevel", loglevel]
-    if concurrency:
-        args += ["-c", str(concurrency)]
     os.execv(sys.executable, [*args, *celery_args])
 
 

@@ -23,7 +23,6 @@ class WorkerProcess:
         *,
         env: dict[str, str] | None = None,
         models: list[str] | None = None,
-        concurrency: int | None = None,
         pool: str = "threads",
         log_path: Path | None = None,
         name: str = "worker",
@@ -33,8 +32,6 @@ class WorkerProcess:
             self.env["TEXTQ_WORKER_MODELS"] = ",".join(models)
         self.args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", pool,
                      "--loglevel", "INFO", "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"]
-        if concurrency is not None:
-            self.args += ["-c", str(concurrency)]
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="textq-worker-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 

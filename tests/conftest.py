@@ -84,7 +84,6 @@ class Backend:
             "TEXTQ_DATABASE_URL": self.database_url,
             "TEXTQ_BROKER_URL": self.broker_url,
             "TEXTQ_MODELS_FILE": str(MODELS_FILE),
-            "TEXTQ_UNACKED_RESTORE_INTERVAL_S": "1",
             "TEXTQ_REPUBLISH_AFTER_S": "2",
             "TEXTQ_SWEEP_INTERVAL_S": "0.5",
             "TEXTQ_LEASE_S": "20",
@@ -143,7 +142,7 @@ def worker(backend: Backend) -> Iterator[object]:
     """One real worker process per backend serving every model, shared by the end-to-end tests."""
     from producer.worker_process import WorkerProcess
 
-    process = WorkerProcess(env=backend.env, concurrency=8, log_path=TEST_ROOT / f"worker-{backend.name}.log")
+    process = WorkerProcess(env=backend.env, log_path=TEST_ROOT / f"worker-{backend.name}.log")
     process.start()
     yield process
     process.stop()

@@ -190,7 +190,6 @@ def test_settings_follow_environment_variables(compose_binary: Path) -> None:
         "POSTGRES_PASSWORD": "not-the-default",
         "POSTGRES_DB": "jobs",
         "TEXTQ_WORKER_MODELS": "sentiment,summarize",
-        "TEXTQ_WORKER_CONCURRENCY": "3",
         "TEXTQ_IMAGE": "registry.example/textq:1.2.3",
     }
     services = resolved(compose_binary, env=env)["services"]
@@ -199,7 +198,6 @@ def test_settings_follow_environment_variables(compose_binary: Path) -> None:
     worker_env = services["worker"]["environment"]
     assert worker_env["TEXTQ_DATABASE_URL"] == "postgresql://svc:not-the-default@postgres:5432/jobs"
     assert worker_env["TEXTQ_WORKER_MODELS"] == "sentiment,summarize"
-    assert worker_env["TEXTQ_WORKER_CONCURRENCY"] == "3"
     assert services["worker"]["image"] == services["migrate"]["image"] == "registry.example/textq:1.2.3"
 
 

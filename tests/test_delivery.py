@@ -6,6 +6,7 @@ import pickle
 import uuid
 from pathlib import Path
 
+import redis
 from kombu import Connection, Exchange, Producer
 
 from producer import Client
@@ -66,9 +67,22 @@ def test_malformed_messages_are_dropped_and_the_worker_keeps_serving(
         [{"job_ids": [str(uuid.uuid4())], "model": "no-such-model"}],
     ):
         app.send_task(RUN_JOBS_TASK, args=args, queue=model_queue("echo"))
+    app.send_task("someone.elses_task", args=[{"job_ids": [str(uuid.uuid4())], "model": "echo"}], queue=model_queue("echo"))
     view = client.wait(client.classify(unique_text("still-up"), model="echo").id, timeout=30)
     assert view.status == "succeeded"
     assert worker.alive()
+
+
+def test_consumed_messages_leave_nothing_for_redis_to_redeliver(worker: WorkerProcess, client: Client, backend: Backend) -> None:
+    # Messages are consumed without acks (the jobs table keeps jobs safe): none may linger in
+    # kombu's unacked hash, from where it would be restored and delivered again.
+    jobs = client.submit_many([{"text": unique_text("noack"), "model": "echo"} for _ in range(5)])
+    assert {v.status for v in client.wait_many([j.id for j in jobs], timeout=30)} == {"succeeded"}
+    broker = redis.Redis.from_url(backend.broker_url)
+    try:
+        assert (broker.hlen("unacked"), broker.zcard("unacked_index")) == (0, 0)
+    finally:
+        broker.close()
 
 
 def test_pickle_message_is_rejected_and_never_unpickled(worker: WorkerProcess, client: Client, backend: Backend) -> None:

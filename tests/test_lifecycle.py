@@ -67,7 +67,7 @@ def test_high_priority_jobs_overtake_a_low_priority_backlog(isolated_backend: Ba
         # One job per message, so that message order is job order; submitted before any worker runs.
         low = [client.classify(unique_text("low"), model="echo", priority=9).id for _ in range(40)]
         high = [client.classify(unique_text("high"), model="echo", priority=0).id for _ in range(5)]
-        with WorkerProcess(env=env, concurrency=1, name="priority"):
+        with WorkerProcess(env=env, name="priority"):
             views = {v.id: v for v in client.wait_many(low + high, timeout=120)}
     # A job's position: how many jobs finished strictly before it. Jobs of one batch share one
     # finished_at, so a sorted list would rank a tie by dict order (the low ones first).

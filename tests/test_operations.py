@@ -29,13 +29,13 @@ def test_wait_wakes_on_the_finish_notification_not_the_poll(worker: WorkerProces
 def test_two_workers_share_a_queue_and_a_pinned_worker_serves_only_its_model(isolated_backend: Backend) -> None:
     env = isolated_backend.env
     with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
-        with WorkerProcess(env=env, models=["slow"], concurrency=2, name="a"), \
-             WorkerProcess(env=env, models=["slow"], concurrency=2, name="b"):
+        with WorkerProcess(env=env, models=["slow"], name="a"), \
+             WorkerProcess(env=env, models=["slow"], name="b"):
             jobs = [client.classify(unique_text("shared"), model="slow") for _ in range(16)]
             views = client.wait_many([j.id for j in jobs], timeout=60)
         assert len({v.worker for v in views}) == 2  # both workers took work
 
-        with WorkerProcess(env=env, models=["echo"], concurrency=2, name="pinned"):
+        with WorkerProcess(env=env, models=["echo"], name="pinned"):
             mine = client.classify(unique_text("mine"), model="echo")
             other = client.classify(unique_text("other"), model="slow")
             assert client.wait(mine.id, timeout=30).status == "succeeded"
@@ -47,7 +47,7 @@ def test_worker_serves_prometheus_metrics(isolated_backend: Backend) -> None:
     port = free_port()
     env = {**isolated_backend.env, "TEXTQ_METRICS_PORT": str(port)}
     with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client, \
-         WorkerProcess(env=env, models=["echo"], concurrency=2, name="metrics"):
+         WorkerProcess(env=env, models=["echo"], name="metrics"):
         jobs = client.submit_many([{"text": unique_text("m"), "model": "echo"} for _ in range(10)])
         client.wait_many([j.id for j in jobs], timeout=30)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
@@ -68,7 +68,7 @@ def test_status_purge_and_worker_check_from_the_cli(isolated_backend: Backend) -
     env = isolated_backend.env
     with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
         assert textq("worker", "--check", env=env).returncode == 1  # nobody to answer yet
-        with WorkerProcess(env=env, models=["echo"], concurrency=2, name="ops"):
+        with WorkerProcess(env=env, models=["echo"], name="ops"):
             old = client.wait_many([j.id for j in client.submit_many([{"text": unique_text("old"), "model": "echo"}] * 3)])
             check = textq("worker", "--check", env=env)
             assert check.returncode == 0, check.stderr

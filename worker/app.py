@@ -1,7 +1,8 @@
 """The Celery app: `celery -A worker.app worker` (or `textq worker`) starts a textq worker.
 
-Configured for at-least-once delivery with the jobs table as the source of truth: late acks,
-redelivery when a worker dies, JSON only, no result backend, one queue per model.
+Celery runs the process (start-up, signals, logging, remote control, broker reconnection); jobs
+arrive on one queue per model, read by `worker.consumer.JobConsumer`. JSON only, no result backend:
+the jobs table is the source of truth.
 """
 
 from __future__ import annotations
@@ -10,40 +11,37 @@ import logging
 import os
 from typing import Any
 
-# Read by GNU OpenMP when torch loads it (worker.tasks imports torch, below). By default an idle
+# Read by GNU OpenMP when torch loads it (worker.consumer imports torch, below). By default an idle
 # OpenMP thread spins ~300,000 times before it sleeps: after every batch that is milliseconds of a
 # core taken from the consumer and the database. 10,000 still bridges the gaps inside a forward
 # pass. Measured on 2 cores, 3 rounds: bulk 277 vs 270 jobs/s, one job per request 168 vs 151.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from celery import Celery, signals
+from kombu.entity import Queue
 
-from producer.broker import broker_config, model_queue
+from producer.broker import broker_config
 from producer.registry import default_registry
 from producer.settings import producer_settings
+from worker.consumer import JobConsumer
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
-settings = WorkerSettings()
-served = settings.served_models(default_registry().names())
+CELERY_TASKS_QUEUE = "textq.celery"
+
+WorkerSettings().served_models(default_registry().names())  # fail at start on an unknown model
 
 app = Celery("textq")
-config = broker_config(producer_settings())
-config["broker_transport_options"] = {
-    **config["broker_transport_options"],
-    "unacked_restore_interval": settings.unacked_restore_interval_s,
-    "unacked_restore_throttle": 1,
-}
 app.conf.update(
-    config,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
+    broker_config(producer_settings()),
     worker_pool="threads",
-    worker_concurrency=settings.worker_concurrency,
-    worker_prefetch_multiplier=settings.worker_prefetch_multiplier,
-    task_queues=[model_queue(m) for m in served],
-    task_default_queue=model_queue(served[0]).name,
+    # No Celery task runs here (see JobConsumer), so one pool thread is enough.
+    worker_concurrency=1,
+    # Jobs arrive on the model queues, read by worker.consumer.JobConsumer, not by Celery's task
+    # consumer: it gets a queue of its own that textq never sends to.
+    task_queues=[Queue(CELERY_TASKS_QUEUE)],
+    task_default_queue=CELERY_TASKS_QUEUE,
     worker_hijack_root_logger=True,
     worker_send_task_events=False,
     task_send_sent_event=False,
@@ -76,4 +74,4 @@ def _drain(**_: Any) -> None:
     stop_runtime()
 
 
-import worker.tasks  # noqa: E402,F401  (registers the task on `app`)
+app.steps["consumer"].add(JobConsumer)

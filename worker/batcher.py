@@ -1,7 +1,7 @@
 """One batcher thread per model: the only thread that touches the model and its tokenizer.
 
-Task threads hand in job ids and return (they block only while too much is already in hand, which
-is the backpressure that keeps unacked work bounded). Three threads per model form a pipeline, so
+The job consumer hands in job ids and goes on (it blocks only while too much is already in hand,
+which is the backpressure that leaves further messages on Redis for other workers). Three threads per model form a pipeline, so
 the model never waits for the database:
 
 - the claimer gathers ids from any number of messages (up to `max_batch_size`, waiting at most
@@ -34,9 +34,9 @@ from worker.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
-# Jobs in hand (handed in, not yet written) per batch slot before task threads wait: enough for
+# Jobs in hand (handed in, not yet written) per batch slot before the consumer waits: enough for
 # every stage (gathering, claimed, computing, two writes) to hold a batch and the next to form,
-# little enough that a crash leaves few acked jobs behind.
+# little enough that a crash leaves few jobs for the sweeper to bring back.
 HIGH_WATER_BATCHES = 6
 
 
@@ -119,7 +119,7 @@ class Batcher:
 
     def hand_in(self, job_ids: Sequence[uuid.UUID], timeout: float | None = None) -> None:
         """Queue jobs for the next batches. Blocks while the batcher already holds `high_water`
-        jobs, so a worker never acks far more messages than it is about to compute."""
+        jobs, so a worker never takes far more messages than it is about to compute."""
         with self._room:
             self._room.wait_for(lambda: self._in_hand < self.high_water, timeout)
             self._in_hand += len(job_ids)

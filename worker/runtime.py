@@ -1,7 +1,6 @@
 """The per-process worker runtime: loaded models, their batchers, and the sweeper.
 
-Built once per worker process when the worker starts (never at import, never before a fork),
-shared by all task threads.
+Built once per worker process when the worker starts (never at import, never before a fork).
 """
 
 from __future__ import annotations
@@ -82,13 +81,9 @@ class WorkerRuntime:
         publish_finished(self._redis, [o.id for o in outcomes])
 
     def hand_in(self, model: str, job_ids: Sequence[uuid.UUID]) -> None:
-        """Give the jobs to the model's batcher; returns once it has room for them.
-
-        The message is acked then, before the jobs are computed: the jobs table, not the message,
-        is what keeps them safe (a crash leaves them queued or leased, and the sweeper
-        re-publishes them). Not blocking until the rows are written is what lets one batch take
-        jobs from many more messages than there are task threads.
-        """
+        """Give the jobs to the model's batcher; returns once it has room for them, before they
+        are computed: the jobs table, not the message, keeps them safe (a crash leaves them queued
+        or leased, and the sweeper re-publishes them)."""
         batcher = self.batchers.get(model)
         if batcher is None:
             raise ModelNotServedError(f"this worker serves {self.models}, not {model!r}")

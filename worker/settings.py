@@ -13,12 +13,6 @@ class WorkerSettings(BaseSettings):
 
     # Comma-separated model names this worker serves; empty means every model in the registry.
     worker_models: str = ""
-    # Task threads. Each blocks while its jobs are in a batch, so this bounds how many messages'
-    # jobs can share one batch; more threads than that only add GIL contention (see bench/).
-    worker_concurrency: int = Field(8, ge=1)
-    # Messages reserved per task thread beyond the ones running: small, so a busy worker does not
-    # hoard messages that an idle one could take.
-    worker_prefetch_multiplier: int = Field(2, ge=1)
     # How long a claim protects a running job; past it another worker may take the job over.
     lease_s: float = Field(300.0, gt=0)
     max_attempts: int = Field(3, ge=1)
@@ -31,8 +25,6 @@ class WorkerSettings(BaseSettings):
     fast_commits: bool = True
     # Serve Prometheus metrics on this port (0: off). One port per worker process.
     metrics_port: int = Field(0, ge=0, le=65535)
-    # kombu restores unacked messages of dead workers every interval x throttle seconds.
-    unacked_restore_interval_s: float = Field(10.0, gt=0)
 
     def served_models(self, available: list[str]) -> list[str]:
         if not self.worker_models.strip():

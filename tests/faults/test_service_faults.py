@@ -29,7 +29,7 @@ def _run_with_fault(database_url: str, redis_server: RedisServer, fault: object,
     """Run `n` jobs, inject `fault` after the first results; return the worker's log."""
     env = {**FAULT_ENV, "TEXTQ_DATABASE_URL": database_url, "TEXTQ_BROKER_URL": redis_server.url}
     texts = [unique_text("svc") for _ in range(n)]
-    with Client(database_url=database_url, broker_url=redis_server.url) as client, WorkerProcess(env=env, concurrency=4) as w:
+    with Client(database_url=database_url, broker_url=redis_server.url) as client, WorkerProcess(env=env) as w:
         ids = [j.id for j in client.submit_many([{"text": t, "model": "slow"} for t in texts])]
         wait_until(lambda: any(v.status == "succeeded" for v in client.get_many(ids)), what="first results")
         fault()  # type: ignore[operator]

@@ -27,13 +27,13 @@ def test_kill_9_mid_batch_then_a_new_worker_finishes_every_job_once(postgres_db:
     env = _env(postgres_db, private_redis.url)
     texts = [unique_text("kill") for _ in range(40)]
     with Client(database_url=postgres_db, broker_url=private_redis.url) as client:
-        first = WorkerProcess(env=env, concurrency=4).start()
+        first = WorkerProcess(env=env).start()
         jobs = client.submit_many([{"text": t, "model": "slow"} for t in texts])
         ids = [j.id for j in jobs]
         wait_until(lambda: {"running", "succeeded"} <= set(_statuses(client, ids)), what="a batch in flight after one finished")
         first.kill()
         assert "running" in _statuses(client, ids)  # killed mid-batch: claimed jobs left behind
-        with WorkerProcess(env=env, concurrency=4):
+        with WorkerProcess(env=env):
             views = client.wait_many(ids, timeout=120)
         counts = tally(postgres_db, views, texts, computed_texts("slow"))
     assert counts == {"submitted": 40, "succeeded": 40, "failed": 0, "lost": 0, "duplicated": 0}
@@ -45,7 +45,7 @@ def test_sigterm_drains_the_batch_in_flight_and_exits_cleanly(postgres_db: str, 
     env = _env(postgres_db, private_redis.url)
     texts = [unique_text("drain") for _ in range(40)]
     with Client(database_url=postgres_db, broker_url=private_redis.url) as client:
-        worker = WorkerProcess(env=env, concurrency=2).start()
+        worker = WorkerProcess(env=env).start()
         ids = [j.id for j in client.submit_many([{"text": t, "model": "slow"} for t in texts])]
         wait_until(lambda: "running" in _statuses(client, ids), what="a running batch")
         assert worker.stop(timeout=60) == 0
@@ -53,7 +53,7 @@ def test_sigterm_drains_the_batch_in_flight_and_exits_cleanly(postgres_db: str, 
         assert "running" not in [v.status for v in after_stop]  # nothing half-done
         drained = [v for v in after_stop if v.status == "succeeded"]
         assert drained, "the batch in flight was finished and written"
-        with WorkerProcess(env=env, concurrency=4):
+        with WorkerProcess(env=env):
             views = client.wait_many(ids, timeout=120)
         counts = tally(postgres_db, views, texts, computed_texts("slow"))
     assert counts == {"submitted": 40, "succeeded": 40, "failed": 0, "lost": 0, "duplicated": 0}
@@ -69,7 +69,7 @@ def test_poison_job_fails_after_max_attempts_and_the_others_succeed(postgres_db:
         deadline = time.monotonic() + 180
         while not all(v.done for v in client.get_many(ids)):
             assert time.monotonic() < deadline, _statuses(client, ids)
-            worker = WorkerProcess(env=env, concurrency=4).start()
+            worker = WorkerProcess(env=env).start()
             while worker.alive() and not all(v.done for v in client.get_many(ids)):
                 time.sleep(0.2)
             deaths += not worker.alive()
@@ -89,7 +89,7 @@ def test_same_message_on_two_workers_is_computed_and_written_once(
     env = _env(postgres_db, private_redis.url)
     texts = [unique_text("twice") for _ in range(12)]
     with Client(database_url=postgres_db, broker_url=private_redis.url) as client:
-        workers = [WorkerProcess(env=env, concurrency=4).start() for _ in range(copies)]
+        workers = [WorkerProcess(env=env).start() for _ in range(copies)]
         backend = Backend("fault", postgres_db, private_redis.url)
         # Insert rows without publishing, then deliver the very same message once per worker.
         from db import store
