@@ -23,8 +23,16 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """An engine for `url` (default: `TEXTQ_DATABASE_URL`). PostgreSQL URLs use psycopg 3."""
+def make_engine(url: str | None = None, *, fast_commits: bool = False) -> Engine:
+    """An engine for `url` (default: `TEXTQ_DATABASE_URL`). PostgreSQL URLs use psycopg 3.
+
+    `fast_commits` (PostgreSQL only, for the worker): commits do not wait for the WAL flush. Only
+    claims and results are written that way: if the database crashes within the flush window (well
+    under a second), those writes are lost and the job is simply running again with a lease that
+    expires, so the sweeper re-publishes it. Nothing is lost; at worst a result is computed again.
+    Job rows (the producer's engine) always wait for the flush: a message must never name a row
+    that a crash could take back. Set per connection, it costs no statement per transaction.
+    """
     url = url or DatabaseSettings().database_url
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
@@ -33,13 +41,14 @@ def make_engine(url: str | None = None) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args = {"options": "-c synchronous_commit=off"} if fast_commits else {}
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
 
 
 @lru_cache(maxsize=16)
-def session_factory(url: str | None = None) -> sessionmaker[Session]:
-    """One session factory (and so one connection pool) per URL per process."""
-    return sessionmaker(make_engine(url), expire_on_commit=False)
+def session_factory(url: str | None = None, *, fast_commits: bool = False) -> sessionmaker[Session]:
+    """One session factory (and so one connection pool) per URL and commit mode per process."""
+    return sessionmaker(make_engine(url, fast_commits=fast_commits), expire_on_commit=False)
 
 
 def redact_url(url: str) -> str:

@@ -86,22 +86,6 @@ def expired_outcome(claim: ClaimedJob) -> Outcome:
                    error_type=EXPIRED_ERROR, error_message=EXPIRED_MESSAGE)
 
 
-def skip_commit_flush(session: Session) -> None:
-    """Let this transaction commit without waiting for its WAL flush (PostgreSQL only).
-
-    For worker claims and results only: if the database crashes within the flush window (well
-    under a second), those writes are lost and the job is simply running again with a lease that
-    expires, so the sweeper re-publishes it. Nothing is lost; at worst a result is computed again.
-    Job rows themselves (create_jobs) always wait for the flush: a message must never name a row
-    that a crash could take back.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_SKIP_COMMIT_FLUSH)
-
-
-_SKIP_COMMIT_FLUSH = text("SET LOCAL synchronous_commit = off")
-
-
 def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
     """Insert `jobs` (queued, marked published now); return each one's id, in order.
 

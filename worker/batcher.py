@@ -79,7 +79,6 @@ class Batcher:
         max_attempts: int,
         on_batch: Callable[[Sequence[store.Outcome], int, float], None] | None = None,
         on_claim: Callable[[list[datetime]], None] | None = None,
-        fast_commits: bool = True,
         torch_threads: int | None = None,
     ) -> None:
         self.runner = runner
@@ -90,7 +89,6 @@ class Batcher:
         self.max_attempts = max_attempts
         self.on_batch = on_batch
         self.on_claim = on_claim
-        self.fast_commits = fast_commits
         self.torch_threads = torch_threads
         self.high_water = HIGH_WATER_BATCHES * self.spec.max_batch_size
         self._inbox: queue.SimpleQueue[uuid.UUID | None] = queue.SimpleQueue()
@@ -244,8 +242,6 @@ class Batcher:
     def _claim(self, ids: set[uuid.UUID], *, first_attempt_only: bool) -> list[store.ClaimedJob]:
         def claim() -> list[store.ClaimedJob]:
             with self.sessions.begin() as session:
-                if self.fast_commits:
-                    store.skip_commit_flush(session)
                 return store.claim_jobs(
                     session, ids=ids, model=self.spec.name, worker=self.worker_name,
                     lease=self.lease, max_attempts=self.max_attempts, first_attempt_only=first_attempt_only,
@@ -277,8 +273,6 @@ class Batcher:
 
         def write() -> None:
             with self.sessions.begin() as session:
-                if self.fast_commits:
-                    store.skip_commit_flush(session)
                 store.finish_jobs(session, outcomes=finished)
                 store.release_jobs(session, claims=released)
 

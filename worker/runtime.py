@@ -43,7 +43,7 @@ class WorkerRuntime:
         self.registry = registry or default_registry()
         self.models = self.settings.served_models(self.registry.names())
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.sessions = session_factory(DatabaseSettings().database_url)
+        self.sessions = session_factory(DatabaseSettings().database_url, fast_commits=self.settings.fast_commits)
         self.publisher = Publisher(producer_settings())
         self._redis = redis_for(producer_settings().broker_url)
         self.batchers: dict[str, Batcher] = {}
@@ -64,7 +64,6 @@ class WorkerRuntime:
                 max_attempts=self.settings.max_attempts,
                 on_batch=partial(self._batch_written, name),
                 on_claim=partial(metrics.observe_claims, name),
-                fast_commits=self.settings.fast_commits,
                 torch_threads=self.settings.torch_threads,
             )
             batcher.start()  # loads the model in its own thread

@@ -21,7 +21,7 @@ class WorkerSettings(BaseSettings):
     # intra-op parallelism is where the cores go (inter-op threads stay at 1).
     torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     # Commit claims and results without waiting for PostgreSQL's WAL flush (see
-    # db.store.skip_commit_flush: a database crash costs a recomputation, never a job).
+    # db.engine.make_engine: a database crash costs a recomputation, never a job).
     fast_commits: bool = True
     # Serve Prometheus metrics on this port (0: off). One port per worker process.
     metrics_port: int = Field(0, ge=0, le=65535)
