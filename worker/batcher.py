@@ -1,8 +1,8 @@
 """One batcher thread per model: the only thread that touches the model and its tokenizer.
 
 The job consumer hands in job ids and goes on (it blocks only while too much is already in hand,
-which is the backpressure that leaves further messages on Redis for other workers). Three threads per model form a pipeline, so
-the model never waits for the database:
+which is the backpressure that leaves further messages on Redis for other workers). Three threads
+per model form a pipeline, so the model never waits for the database:
 
 - the claimer gathers ids from any number of messages (up to `max_batch_size`, waiting at most
   `max_wait_ms` after the first when load is up), claims them in one statement and validates their

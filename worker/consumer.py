@@ -12,7 +12,7 @@ Backpressure: the callback blocks in `hand_in` while the batcher holds its high 
 the consumer stops reading; unread messages stay on Redis for other workers.
 
 Messages are Celery task messages (protocol 2: the body is `[args, kwargs, embed]`, `args[0]` the
-`JobMessage`), so producers send them with `send_task` and Celery tooling can read them.
+`JobMessage`, as `producer.broker.task_message` builds them), so Celery tooling can read them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from celery import bootsteps
 from kombu.message import Message
 from kombu.messaging import Consumer
 from kombu.transport.virtual import Channel
-from pydantic import ValidationError
 
 from producer.broker import model_queue
 from producer.contract import RUN_JOBS_TASK, JobMessage
@@ -44,7 +43,7 @@ def parse_message(message: Message) -> JobMessage | None:
         if not isinstance(args, list | tuple) or len(args) != 1:
             raise ValueError(f"expected one argument, the job message; got {args!r:.200}")
         return JobMessage.model_validate(args[0])
-    except (ValidationError, ValueError) as exc:
+    except ValueError as exc:  # a pydantic ValidationError too
         log.error("dropped malformed message: %s", exc)
     except Exception as exc:  # ContentDisallowed (pickle, ...), a decode error
         log.error("dropped undecodable message (%s): %s", message.content_type, exc)
