@@ -96,17 +96,10 @@ def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
         return []
     keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
     if session.get_bind().dialect.name == "postgresql":
-        # ONE statement with one array per column, the same SQL text for any number of jobs
-        # (an executemany sends one INSERT per row).
-        session.execute(
-            _INSERT_FROM_ARRAYS,
-            {
-                "ids": [j.id for j in jobs], "models": [j.model for j in jobs], "tasks": [j.task for j in jobs],
-                "inputs": [json.dumps(j.input) for j in jobs], "priorities": [j.priority for j in jobs],
-                "keys": [j.idempotency_key for j in jobs], "expires": [j.expires_at for j in jobs],
-                "created": [j.created_at for j in jobs],
-            },
-        )
+        # ONE statement whose rows arrive as one JSON document, the same SQL text for any number of
+        # jobs. PostgreSQL parses the document in C; binding one array per column cost the client
+        # ~3x the CPU (psycopg adapts every element: 29 against 9 ms for 2,000 jobs).
+        session.execute(_INSERT_FROM_JSON, {"jobs": json.dumps([_json_row(j) for j in jobs])})
         return _with_existing_ids(session, jobs, keys)
     rows = [
         {
@@ -132,15 +125,22 @@ def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
     return _with_existing_ids(session, jobs, keys)
 
 
-_INSERT_FROM_ARRAYS = text(
+def _json_row(job: NewJob) -> dict[str, Any]:
+    return {
+        "id": str(job.id), "model": job.model, "task": job.task, "input": job.input, "priority": job.priority,
+        "idempotency_key": job.idempotency_key, "created_at": job.created_at.isoformat(),
+        "expires_at": None if job.expires_at is None else job.expires_at.isoformat(),
+    }
+
+
+_INSERT_FROM_JSON = text(
     f"""INSERT INTO {JOBS.name} (id, model, task, status, input, priority, idempotency_key, expires_at,
                          attempts, created_at, published_at, publish_count)
-    SELECT id, model, task, '{JobStatus.QUEUED.value}', CAST(input AS jsonb), priority, idempotency_key, expires_at,
+    SELECT id, model, task, '{JobStatus.QUEUED.value}', input, priority, idempotency_key, expires_at,
            0, created_at, created_at, 1
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:models AS text[]), CAST(:tasks AS text[]), CAST(:inputs AS text[]),
-                CAST(:priorities AS integer[]), CAST(:keys AS text[]), CAST(:expires AS timestamptz[]),
-                CAST(:created AS timestamptz[]))
-         AS n(id, model, task, input, priority, idempotency_key, expires_at, created_at)
+    FROM jsonb_to_recordset(CAST(:jobs AS jsonb))
+         AS n(id uuid, model text, task text, input jsonb, priority integer, idempotency_key text,
+              expires_at timestamptz, created_at timestamptz)
     ON CONFLICT (idempotency_key) DO NOTHING"""
 )
 
