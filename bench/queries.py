@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from db import store, upgrade
-from db.engine import make_engine, session_factory
+from db.engine import make_engine, session_factory, shared_engine
 from db.models import JobStatus, utcnow
 from tests.services import create_postgres_database, drop_postgres_database
 
@@ -93,7 +93,8 @@ def main() -> None:
                     print(f"\n{label}:\n  " + "\n  ".join(plan))
 
     finally:
-        session_factory.cache_clear()
+        shared_engine(url).dispose()
+        shared_engine.cache_clear()
         drop_postgres_database(name)
 
 

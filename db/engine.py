@@ -23,7 +23,7 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str | None = None, *, fast_commits: bool = False) -> Engine:
+def make_engine(url: str | None = None, *, fast_commits: bool = False, autocommit: bool = False) -> Engine:
     """An engine for `url` (default: `TEXTQ_DATABASE_URL`). PostgreSQL URLs use psycopg 3.
 
     `fast_commits` (PostgreSQL only, for the worker): commits do not wait for the WAL flush. Only
@@ -32,6 +32,13 @@ def make_engine(url: str | None = None, *, fast_commits: bool = False) -> Engine
     expires, so the sweeper re-publishes it. Nothing is lost; at worst a result is computed again.
     Job rows (the producer's engine) always wait for the flush: a message must never name a row
     that a crash could take back. Set per connection, it costs no statement per transaction.
+
+    `autocommit` (PostgreSQL only, for the producer): every statement commits on its own, with no
+    BEGIN and COMMIT round trips around it. Each producer write is a single statement (insert the
+    jobs, cancel one, purge a batch), so it is atomic without a transaction; reads at READ
+    COMMITTED see the same snapshots either way. One job's submit spent 0.32 ms of client CPU in a
+    transaction against 0.22 without. SQLite keeps transactions: a multi-row insert there is an
+    executemany, one statement per row.
     """
     url = url or DatabaseSettings().database_url
     parsed = make_url(url)
@@ -41,14 +48,21 @@ def make_engine(url: str | None = None, *, fast_commits: bool = False) -> Engine
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    connect_args = {"options": "-c synchronous_commit=off"} if fast_commits else {}
-    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args)
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    if fast_commits:
+        options["connect_args"] = {"options": "-c synchronous_commit=off"}
+    return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, **options)
 
 
 @lru_cache(maxsize=16)
-def session_factory(url: str | None = None, *, fast_commits: bool = False) -> sessionmaker[Session]:
-    """One session factory (and so one connection pool) per URL and commit mode per process."""
-    return sessionmaker(make_engine(url, fast_commits=fast_commits), expire_on_commit=False)
+def shared_engine(url: str | None = None, *, fast_commits: bool = False, autocommit: bool = False) -> Engine:
+    """One engine (and so one connection pool) per URL and commit mode per process."""
+    return make_engine(url, fast_commits=fast_commits, autocommit=autocommit)
+
+
+def session_factory(url: str | None = None, *, fast_commits: bool = False, autocommit: bool = False) -> sessionmaker[Session]:
+    """Sessions on the shared engine for `url` and commit mode."""
+    return sessionmaker(shared_engine(url, fast_commits=fast_commits, autocommit=autocommit), expire_on_commit=False)
 
 
 def redact_url(url: str) -> str:

@@ -33,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 
@@ -86,8 +87,12 @@ def expired_outcome(claim: ClaimedJob) -> Outcome:
                    error_type=EXPIRED_ERROR, error_message=EXPIRED_MESSAGE)
 
 
-def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
+def create_jobs(session: Session | Connection, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
     """Insert `jobs` (queued, marked published now); return each one's id, in order.
+
+    On PostgreSQL this is one statement, so it needs no transaction of its own: the producer runs
+    it on an autocommit connection (db.engine.make_engine). It takes a Connection as well as a
+    Session because a Session's bookkeeping cost ~0.1 ms of CPU per submitted job.
 
     A job whose idempotency key already exists is not inserted again: its existing id is returned,
     also when two producers race on the same key (ON CONFLICT DO NOTHING, then read back).
@@ -95,7 +100,7 @@ def create_jobs(session: Session, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
     if not jobs:
         return []
     keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
-    if session.get_bind().dialect.name == "postgresql":
+    if _is_postgres(session):
         # ONE statement whose rows arrive as one JSON document, the same SQL text for any number of
         # jobs. PostgreSQL parses the document in C; binding one array per column cost the client
         # ~3x the CPU (psycopg adapts every element: 29 against 9 ms for 2,000 jobs).
@@ -145,7 +150,12 @@ _INSERT_FROM_JSON = text(
 )
 
 
-def _with_existing_ids(session: Session, jobs: Sequence[NewJob], keys: list[str]) -> list[uuid.UUID]:
+def _is_postgres(db: Session | Connection) -> bool:
+    bind = db.get_bind() if isinstance(db, Session) else db
+    return bind.dialect.name == "postgresql"
+
+
+def _with_existing_ids(session: Session | Connection, jobs: Sequence[NewJob], keys: list[str]) -> list[uuid.UUID]:
     """Each job's id: its own, or that of the job inserted earlier under the same idempotency key."""
     if not keys:
         return [j.id for j in jobs]
@@ -177,7 +187,7 @@ def claim_jobs(
     if not id_list:
         return []
     now = utcnow()
-    statement = _claim_statement(postgres=session.get_bind().dialect.name == "postgresql",
+    statement = _claim_statement(postgres=_is_postgres(session),
                                  first_attempt_only=first_attempt_only)
     result = session.execute(statement, {
         "claim_ids": id_list, "claim_model": model, "claim_worker": worker, "now": now,
@@ -246,7 +256,7 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
         return
     now = utcnow()
     rows = [(o.id, o.attempt, o.status.value, o.output, o.error_type, o.error_message) for o in outcomes]
-    if session.get_bind().dialect.name != "postgresql":
+    if not _is_postgres(session):
         # SQLite is in-process: executemany costs no round trips (and it has no VALUES aliases).
         keys = ("b_id", "b_attempt", "b_status", "b_output", "b_error_type", "b_error_message")
         session.execute(_FINISH_EACH, [{"b_finished_at": now, **dict(zip(keys, row, strict=True))} for row in rows])
@@ -361,7 +371,7 @@ def jobs_to_republish(
         .order_by(Job.priority.asc(), Job.created_at.asc())
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if _is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
     picked: list[tuple[uuid.UUID, str, int]] = []
     for job_id, model, priority, status, published_at, count in session.execute(stmt).tuples():

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from db import store
-from db.engine import session_factory
+from db.engine import session_factory, shared_engine
 from db.models import utcnow
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
@@ -22,7 +22,7 @@ from producer.contract import (
     resolve_model,
 )
 from producer.errors import InvalidJobError, JobNotFoundError, JobTimeoutError
-from producer.notify import redis_for, watch_finished
+from producer.notify import watch_finished
 from producer.registry import Registry, default_registry
 from producer.settings import ProducerSettings, producer_settings
 
@@ -51,9 +51,11 @@ class Client:
         self.settings: ProducerSettings = settings
         self.database_url = database_url or DatabaseSettings().database_url
         self.registry = registry or default_registry()
-        self.sessions = session_factory(self.database_url)
+        # Autocommit on PostgreSQL: every write here is one statement (db.engine.make_engine).
+        self.engine = shared_engine(self.database_url, autocommit=True)
+        self.sessions = session_factory(self.database_url, autocommit=True)
         self.publisher = Publisher(settings)
-        self._redis = redis_for(settings.broker_url)
+        self._redis = self.publisher.redis  # finish notifications come over the broker's Redis
 
     # -- submitting -------------------------------------------------------------------------
     def classify(
@@ -104,8 +106,8 @@ class Client:
                 "(TEXTQ_MAX_JOBS_PER_SUBMIT)",
             )
         new_jobs = [self._new_job(i, r, multiple=len(requests) > 1) for i, r in enumerate(requests)]
-        with self.sessions.begin() as session:
-            ids = store.create_jobs(session, jobs=new_jobs)
+        with self.engine.begin() as connection:
+            ids = store.create_jobs(connection, jobs=new_jobs)
         # Jobs found by their idempotency key (an id other than the new one) were published before.
         fresh = [(job.id, job.model, job.priority) for job, job_id in zip(new_jobs, ids, strict=True) if job_id == job.id]
         try:
@@ -195,8 +197,6 @@ class Client:
 
     def close(self) -> None:
         self.publisher.close()
-        if self._redis is not None:
-            self._redis.close()
 
     def __enter__(self) -> Client:
         return self

@@ -108,7 +108,7 @@ def tiny_models() -> Path:
 def new_backend(kind: str, name: str) -> Iterator[Backend]:
     """A migrated, empty database of `kind` and a Redis database, both of this backend's own."""
     from db import upgrade
-    from db.engine import session_factory
+    from db.engine import shared_engine
 
     broker_url = fresh_redis_db()
     if kind == "sqlite":
@@ -119,7 +119,7 @@ def new_backend(kind: str, name: str) -> Iterator[Backend]:
     url, db_name = create_postgres_database()
     upgrade(url)
     yield Backend(kind, url, broker_url)
-    session_factory.cache_clear()
+    shared_engine.cache_clear()
     drop_postgres_database(db_name)
 
 

@@ -147,7 +147,7 @@ def postgres_db() -> Iterator[str]:
     url, name = create_postgres_database()
     upgrade(url)
     yield url
-    from db.engine import session_factory
+    from db.engine import shared_engine
 
-    session_factory.cache_clear()
+    shared_engine.cache_clear()
     drop_postgres_database(name)

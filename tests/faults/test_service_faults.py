@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from db import upgrade
-from db.engine import session_factory
+from db.engine import shared_engine
 from producer import Client
 from producer.worker_process import WorkerProcess
 from tests.faults.conftest import FAULT_ENV, PostgresServer, RedisServer
@@ -21,7 +21,7 @@ def private_postgres() -> Iterator[PostgresServer]:
     server = PostgresServer()
     server.start()
     yield server
-    session_factory.cache_clear()
+    shared_engine.cache_clear()
     server.remove()
 
 
