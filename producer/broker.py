@@ -3,19 +3,24 @@ publisher that turns job ids into Celery messages. No Celery result backend: the
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import socket
 import uuid
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
+from kombu.transport.redis import Channel as RedisChannel
 from kombu.utils.url import maybe_sanitize_url
 
 from producer.contract import MAX_JOBS_PER_MESSAGE, RUN_JOBS_TASK, JobMessage
+from producer.notify import redis_for
 from producer.registry import queue_name
 from producer.settings import ProducerSettings
 
@@ -53,17 +58,6 @@ def model_queue(model: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
-def _addressed_queue(model: str) -> Queue:
-    """The same queue, addressed by name through the anonymous exchange (what a producer sends to).
-
-    On Redis a named exchange costs a binding lookup (SMEMBERS) on every publish, and a message
-    sent before any worker bound the queue (or after a FLUSHALL) has nowhere to go. By name, a
-    message always lands on the model's list: one round trip, no binding needed.
-    """
-    name = queue_name(model)
-    return Queue(name, Exchange(""), routing_key=name)
-
-
 def chunked(ids: Sequence[uuid.UUID], size: int) -> Iterable[Sequence[uuid.UUID]]:
     size = min(size, MAX_JOBS_PER_MESSAGE)
     for start in range(0, len(ids), size):
@@ -88,27 +82,64 @@ def task_message(message: JobMessage) -> tuple[list[Any], dict[str, Any]]:
     return body, headers
 
 
+def redis_list(queue: str, priority: int) -> str:
+    """The Redis list kombu's Redis transport keeps a queue's messages of `priority` in: one list per
+    priority step, the lowest step under the queue's own name (kombu.transport.redis.Channel)."""
+    step = PRIORITY_STEPS[bisect_right(PRIORITY_STEPS, min(max(priority, 0), 9)) - 1]
+    return f"{queue}{RedisChannel.sep}{step}" if step else queue
+
+
+def redis_envelope(queue: str, priority: int, body: list[Any], headers: dict[str, Any]) -> str:
+    """The JSON envelope kombu's Redis transport stores for a JSON message (body base64-encoded)."""
+    payload = base64.b64encode(json.dumps(body).encode()).decode()
+    return json.dumps({
+        "body": payload, "content-encoding": "utf-8", "content-type": "application/json", "headers": headers,
+        "properties": {
+            "correlation_id": headers["id"], "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": priority, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+        },
+    })
+
+
 class Publisher:
-    """Sends run-jobs messages on each model's queue over one pooled broker connection."""
+    """Sends run-jobs messages on each model's queue.
+
+    On Redis it pushes kombu's envelopes onto the queue's lists itself, every message of a call in
+    one pipelined round trip. kombu's publish cost ~0.27 ms of CPU per message, a third of it
+    building a new redis client for each (measured against ~0.1 ms here); a one-job web request
+    pays that on every submit. The worker reads them with kombu as usual, and
+    tests/test_delivery.py checks that both write the same lists and envelopes. Other brokers go
+    through kombu's producer.
+    """
 
     def __init__(self, settings: ProducerSettings) -> None:
         self.settings = settings
         self.app = Celery("textq-producer", set_as_current=False)
         self.app.conf.update(broker_config(settings))
+        self.redis = redis_for(settings.broker_url)
 
     def publish(self, model: str, priority: int, job_ids: Sequence[uuid.UUID]) -> None:
         self.publish_groups([(model, priority, job_ids)])
 
     def publish_groups(self, groups: Iterable[tuple[str, int, Sequence[uuid.UUID]]]) -> None:
         """Publish each (model, priority, ids) group, `jobs_per_message` ids per message."""
+        messages = [
+            (queue_name(model), priority, *task_message(JobMessage(model=model, job_ids=list(chunk))))
+            for model, priority, ids in groups
+            for chunk in chunked(ids, self.settings.jobs_per_message)
+        ]
+        if self.redis is not None:
+            pipe = self.redis.pipeline(transaction=False)
+            for queue, priority, body, headers in messages:
+                pipe.lpush(redis_list(queue, priority), redis_envelope(queue, priority, body, headers))
+            pipe.execute()
+            return
         with self.app.producer_or_acquire() as producer:
-            for model, priority, ids in groups:
-                queue = _addressed_queue(model)
-                for chunk in chunked(ids, self.settings.jobs_per_message):
-                    body, headers = task_message(JobMessage(model=model, job_ids=list(chunk)))
-                    producer.publish(body, exchange=queue.exchange, routing_key=queue.routing_key, priority=priority,
-                                     serializer="json", headers=headers, correlation_id=headers["id"])
-
+            # Addressed by name (the anonymous exchange): no binding lookup per publish, and the
+            # message lands on the model's queue even before any worker has bound it.
+            for queue, priority, body, headers in messages:
+                producer.publish(body, exchange="", routing_key=queue, priority=priority,
+                                 serializer="json", headers=headers, correlation_id=headers["id"])
     def publish_jobs(self, jobs: Iterable[tuple[uuid.UUID, str, int]]) -> None:
         """Publish (id, model, priority) jobs, grouped so that each message carries many ids."""
         groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
@@ -130,3 +161,5 @@ class Publisher:
 
     def close(self) -> None:
         self.app.close()
+        if self.redis is not None:
+            self.redis.close()

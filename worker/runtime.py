@@ -22,7 +22,7 @@ from db import store
 from db.engine import session_factory
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
-from producer.notify import publish_finished, redis_for
+from producer.notify import publish_finished
 from producer.registry import Registry, default_registry
 from producer.settings import producer_settings
 from worker import metrics
@@ -45,7 +45,7 @@ class WorkerRuntime:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.sessions = session_factory(DatabaseSettings().database_url, fast_commits=self.settings.fast_commits)
         self.publisher = Publisher(producer_settings())
-        self._redis = redis_for(producer_settings().broker_url)
+        self._redis = self.publisher.redis  # finish notifications go over the broker's Redis
         self.batchers: dict[str, Batcher] = {}
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
