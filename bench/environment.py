@@ -73,9 +73,9 @@ class BenchEnvironment:
         client.close()
 
     def __exit__(self, *exc: object) -> None:
-        from db.engine import session_factory
+        from db.engine import shared_engine
 
-        session_factory.cache_clear()
+        shared_engine.cache_clear()
         if self._pg_name is not None:
             admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
             with admin.connect() as conn:
