@@ -255,23 +255,22 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
     if not outcomes:
         return
     now = utcnow()
-    rows = [(o.id, o.attempt, o.status.value, o.output, o.error_type, o.error_message) for o in outcomes]
     if not _is_postgres(session):
         # SQLite is in-process: executemany costs no round trips (and it has no VALUES aliases).
-        keys = ("b_id", "b_attempt", "b_status", "b_output", "b_error_type", "b_error_message")
-        session.execute(_FINISH_EACH, [{"b_finished_at": now, **dict(zip(keys, row, strict=True))} for row in rows])
+        session.execute(_FINISH_EACH, [
+            {"b_id": o.id, "b_attempt": o.attempt, "b_status": o.status.value, "b_output": o.output,
+             "b_error_type": o.error_type, "b_error_message": o.error_message, "b_finished_at": now}
+            for o in outcomes
+        ])
         return
-    # PostgreSQL: ONE statement for the whole batch, with one array per column. The SQL text is
-    # the same for every batch size (VALUES lists would be compiled anew for each batch).
-    columns = list(zip(*rows, strict=True))
-    session.execute(
-        _FINISH_FROM_ARRAYS,
-        {
-            "ids": list(columns[0]), "attempts": list(columns[1]), "statuses": list(columns[2]),
-            "outputs": [None if o is None else json.dumps(o) for o in columns[3]],
-            "error_types": list(columns[4]), "error_messages": list(columns[5]), "now": now,
-        },
-    )
+    # PostgreSQL: ONE statement for the whole batch, its rows in one JSON document (as in
+    # create_jobs: 3.5 -> 1.9 ms of CPU for 256 outcomes against one bound array per column).
+    document = json.dumps([
+        {"id": str(o.id), "attempt": o.attempt, "status": o.status.value, "output": o.output,
+         "error_type": o.error_type, "error_message": o.error_message}
+        for o in outcomes
+    ])
+    session.execute(_FINISH_FROM_JSON, {"outcomes": document, "now": now})
 
 
 _FINISH_EACH = _update_under_claim().values(
@@ -279,13 +278,12 @@ _FINISH_EACH = _update_under_claim().values(
     error_message=bindparam("b_error_message"), finished_at=bindparam("b_finished_at"), lease_until=None,
 )
 
-_FINISH_FROM_ARRAYS = text(
+_FINISH_FROM_JSON = text(
     f"""UPDATE {JOBS.name} AS j
-    SET status = o.status, output = CAST(o.output AS jsonb), error_type = o.error_type,
+    SET status = o.status, output = o.output, error_type = o.error_type,
         error_message = o.error_message, finished_at = :now, lease_until = NULL
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS integer[]), CAST(:statuses AS text[]),
-                CAST(:outputs AS text[]), CAST(:error_types AS text[]), CAST(:error_messages AS text[]))
-         AS o(id, attempt, status, output, error_type, error_message)
+    FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))
+         AS o(id uuid, attempt integer, status text, output jsonb, error_type text, error_message text)
     WHERE j.id = o.id AND j.attempts = o.attempt AND j.status = '{JobStatus.RUNNING.value}'"""
 )
 
