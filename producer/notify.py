@@ -28,17 +28,25 @@ def redis_for(broker_url: str) -> redis.Redis | None:
     return redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
 
 
-def publish_finished(client: redis.Redis | None, job_ids: Iterable[uuid.UUID]) -> None:
-    """Tell waiters these jobs' rows are final. Called after the transaction commits."""
-    if client is None:
-        return
-    try:
-        pipe = client.pipeline(transaction=False)
-        for job_id in job_ids:
-            pipe.publish(channel(job_id), b"1")
-        pipe.execute()
-    except (redis.RedisError, OSError) as exc:
-        log.debug("finish notification not sent (%s); waiters fall back to polling", exc)
+# One command per batch: PUBLISH from a server-side script cost the worker ~0.5 ms of CPU per 256
+# jobs, a pipeline of 256 PUBLISH commands ~1.8 ms.
+_PUBLISH_EACH = f"for _, id in ipairs(ARGV) do redis.call('PUBLISH', '{CHANNEL_PREFIX}' .. id, '1') end"
+
+
+class FinishNotifier:
+    """Tells waiters that jobs' rows are final. Call it after the transaction commits."""
+
+    def __init__(self, client: redis.Redis | None) -> None:
+        self._publish_each = None if client is None else client.register_script(_PUBLISH_EACH)
+
+    def __call__(self, job_ids: Iterable[uuid.UUID]) -> None:
+        ids = [str(i) for i in job_ids]
+        if self._publish_each is None or not ids:
+            return
+        try:
+            self._publish_each(args=ids)
+        except (redis.RedisError, OSError) as exc:
+            log.debug("finish notification not sent (%s); waiters fall back to polling", exc)
 
 
 class FinishWatcher:

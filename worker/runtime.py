@@ -22,7 +22,7 @@ from db import store
 from db.engine import session_factory
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
-from producer.notify import publish_finished
+from producer.notify import FinishNotifier
 from producer.registry import Registry, default_registry
 from producer.settings import producer_settings
 from worker import metrics
@@ -45,7 +45,7 @@ class WorkerRuntime:
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.sessions = session_factory(DatabaseSettings().database_url, fast_commits=self.settings.fast_commits)
         self.publisher = Publisher(producer_settings())
-        self._redis = self.publisher.redis  # finish notifications go over the broker's Redis
+        self._notify_finished = FinishNotifier(self.publisher.redis)  # over the broker's Redis
         self.batchers: dict[str, Batcher] = {}
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
@@ -77,7 +77,7 @@ class WorkerRuntime:
 
     def _batch_written(self, model: str, outcomes: Sequence[store.Outcome], computed: int, seconds: float) -> None:
         metrics.observe_batch(model, outcomes, computed, seconds)
-        publish_finished(self._redis, [o.id for o in outcomes])
+        self._notify_finished(o.id for o in outcomes)
 
     def hand_in(self, model: str, job_ids: Sequence[uuid.UUID]) -> None:
         """Give the jobs to the model's batcher; returns once it has room for them, before they
