@@ -61,8 +61,11 @@ def queue_name(model: str) -> str:
 
 
 DEFAULT_MODELS: tuple[ModelSpec, ...] = (
+    # Batches of 64: MiniLM's own speed is the same at 32 and 64 (386-404 texts/s on 2 CPU cores),
+    # while what a batch costs around the forward pass (claim, write, notify, and the model thread
+    # waiting for the GIL) is shared by twice the jobs: bulk went from 0.85x to 0.97x raw.
     ModelSpec(name="sentiment", kind="classify", runner="prototype", source=MINILM_SOURCE,
-              options={"examples": "sentiment"}),
+              max_batch_size=64, options={"examples": "sentiment"}),
     ModelSpec(name="zero-shot", kind="zero_shot", runner="zero_shot", source=MINILM_SOURCE),
     ModelSpec(name="summarize", kind="summarize", runner="extractive", source=MINILM_SOURCE, max_batch_size=8),
 )
