@@ -167,6 +167,7 @@ class Harness:
         # This process's own heap (its imports, and the raw model when one is loaded) is not what
         # is measured: a full garbage collection over it paused the producers for ~70 ms, once
         # every few bulk runs. A long-running web backend can do the same after start-up.
+        gc.collect()
         gc.freeze()
 
     def _measure(self, mode: str, model: str, count: int, pid: int, submit: Callable[[], None]) -> Row:

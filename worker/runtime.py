@@ -76,7 +76,9 @@ class WorkerRuntime:
             metrics.serve(self.settings.metrics_port)
         # torch, transformers and the loaded models leave ~460k objects for the cyclic garbage
         # collector, and each full collection walked them all: ~220 ms with every batcher thread
-        # stopped. They live as long as the process, so they move out of its reach for good.
+        # stopped. They live as long as the process, so they move out of its reach for good (after
+        # one last collection, so that no garbage from loading is frozen with them).
+        gc.collect()
         gc.freeze()
         self._sweeper.start()
 
