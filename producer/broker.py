@@ -105,9 +105,9 @@ class Publisher:
     """Sends run-jobs messages on each model's queue.
 
     On Redis it pushes kombu's envelopes onto the queue's lists itself, every message of a call in
-    one pipelined round trip. kombu's publish cost ~0.27 ms of CPU per message, a third of it
-    building a new redis client for each (measured against ~0.1 ms here); a one-job web request
-    pays that on every submit. The worker reads them with kombu as usual, and
+    one pipelined round trip: 0.12 ms of CPU for a one-job publish, against 0.27 ms through kombu's
+    producer (a third of that went to building a new redis client per message), which a web
+    request submitting one job paid every time. The worker reads them with kombu as usual, and
     tests/test_delivery.py checks that both write the same lists and envelopes. Other brokers go
     through kombu's producer.
     """
@@ -140,6 +140,7 @@ class Publisher:
             for queue, priority, body, headers in messages:
                 producer.publish(body, exchange="", routing_key=queue, priority=priority,
                                  serializer="json", headers=headers, correlation_id=headers["id"])
+
     def publish_jobs(self, jobs: Iterable[tuple[uuid.UUID, str, int]]) -> None:
         """Publish (id, model, priority) jobs, grouped so that each message carries many ids."""
         groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
