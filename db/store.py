@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -36,6 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.elements import ColumnElement
 
 from db.models import FINISHED_STATUSES, Job, JobStatus, UTCDateTime, utcnow
 
@@ -341,13 +342,16 @@ def cancel_job(session: Session, *, job_id: uuid.UUID) -> bool:
 
 
 def jobs_to_republish(
-    session: Session, *, stale_after: timedelta, limit: int, busy_models: Iterable[str] = ()
+    session: Session, *, stale_after: timedelta, limit: int, waiting_since: Mapping[str, datetime | None] | None = None
 ) -> list[tuple[uuid.UUID, str, int]]:
     """Jobs whose message was probably lost: queued and not published for a backoff period that
     doubles with each re-publish, or running with an expired lease. Marks them published now.
 
-    Queued jobs of `busy_models` (whose queue still holds messages) are left alone: their message
-    is most likely still waiting, and re-publishing a whole backlog would only add load.
+    `waiting_since` covers the models whose queue still holds messages: when the message read next
+    there was published. A queue is first in, first out, so a queued job published before that has
+    no message waiting (it was lost: dropped with a dead worker, say) and is picked; later ones are
+    left alone, since re-publishing a backlog would only add load. None for a model: its queue
+    cannot be peeked at, and all its queued jobs are left alone.
 
     On PostgreSQL rows are locked with SKIP LOCKED, so sweepers in several workers share the work
     instead of publishing the same job twice.
@@ -361,7 +365,7 @@ def jobs_to_republish(
                 and_(
                     Job.status == JobStatus.QUEUED,
                     Job.published_at < now - stale_after,
-                    Job.model.not_in(list(busy_models)),
+                    _no_message_waiting(waiting_since or {}),
                 ),
                 and_(Job.status == JobStatus.RUNNING, Job.lease_until < now),
             )
@@ -384,6 +388,18 @@ def jobs_to_republish(
             execution_options={"synchronize_session": False},
         )
     return picked
+
+
+def _no_message_waiting(waiting_since: Mapping[str, datetime | None]) -> ColumnElement[bool]:
+    known = [and_(Job.model == model, Job.published_at < since) for model, since in waiting_since.items() if since]
+    return or_(Job.model.not_in(list(waiting_since)), *known)
+
+
+def earliest_published(session: Session, *, ids: Sequence[uuid.UUID]) -> datetime | None:
+    """When the first of these jobs was (last) published; None if none of them has a row."""
+    if not ids:
+        return None
+    return session.execute(select(func.min(Job.published_at)).where(Job.id.in_(list(ids)))).scalar_one()
 
 
 def expire_overdue_jobs(session: Session) -> int:

@@ -101,6 +101,15 @@ def redis_envelope(queue: str, priority: int, body: list[Any], headers: dict[str
     })
 
 
+def _first_job_id(envelope: bytes) -> uuid.UUID | None:
+    """The first job id in a message as `redis_envelope` writes it (None for any other message)."""
+    try:
+        body = json.loads(base64.b64decode(json.loads(envelope)["body"]))
+        return uuid.UUID(body[0][0]["job_ids"][0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
 class Publisher:
     """Sends run-jobs messages on each model's queue.
 
@@ -121,8 +130,12 @@ class Publisher:
     def publish(self, model: str, priority: int, job_ids: Sequence[uuid.UUID]) -> None:
         self.publish_groups([(model, priority, job_ids)])
 
-    def publish_groups(self, groups: Iterable[tuple[str, int, Sequence[uuid.UUID]]]) -> None:
-        """Publish each (model, priority, ids) group, `jobs_per_message` ids per message."""
+    def publish_groups(self, groups: Iterable[tuple[str, int, Sequence[uuid.UUID]]], *, front: bool = False) -> None:
+        """Publish each (model, priority, ids) group, `jobs_per_message` ids per message.
+
+        `front` (Redis only): the messages go to the end of their lists that is read next, for jobs
+        older than every message waiting there (the sweeper's), so that they keep their place in line.
+        """
         messages = [
             (queue_name(model), priority, *task_message(JobMessage(model=model, job_ids=list(chunk))))
             for model, priority, ids in groups
@@ -130,8 +143,9 @@ class Publisher:
         ]
         if self.redis is not None:
             pipe = self.redis.pipeline(transaction=False)
+            push = pipe.rpush if front else pipe.lpush  # consumers pop from the right (BRPOP)
             for queue, priority, body, headers in messages:
-                pipe.lpush(redis_list(queue, priority), redis_envelope(queue, priority, body, headers))
+                push(redis_list(queue, priority), redis_envelope(queue, priority, body, headers))
             pipe.execute()
             return
         with self.app.producer_or_acquire() as producer:
@@ -141,12 +155,22 @@ class Publisher:
                 producer.publish(body, exchange="", routing_key=queue, priority=priority,
                                  serializer="json", headers=headers, correlation_id=headers["id"])
 
-    def publish_jobs(self, jobs: Iterable[tuple[uuid.UUID, str, int]]) -> None:
+    def publish_jobs(self, jobs: Iterable[tuple[uuid.UUID, str, int]], *, front: bool = False) -> None:
         """Publish (id, model, priority) jobs, grouped so that each message carries many ids."""
         groups: dict[tuple[str, int], list[uuid.UUID]] = defaultdict(list)
         for job_id, model, priority in jobs:
             groups[(model, priority)].append(job_id)
-        self.publish_groups((model, priority, ids) for (model, priority), ids in groups.items())
+        self.publish_groups(((model, priority, ids) for (model, priority), ids in groups.items()), front=front)
+
+    def next_in_line(self, model: str) -> list[uuid.UUID] | None:
+        """A job id from the message read next on each of the model's priority lists (none when the
+        queue is empty), or None when the broker is not Redis and cannot be peeked at."""
+        if self.redis is None:
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for step in PRIORITY_STEPS:
+            pipe.lindex(redis_list(queue_name(model), step), -1)
+        return [job_id for raw in pipe.execute() if raw is not None and (job_id := _first_job_id(raw)) is not None]
 
     def queue_depth(self, model: str) -> int:
         """Messages waiting on a model's queue (all priority levels), not counting reserved ones."""

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import pickle
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
 from kombu import Connection, Exchange, Producer
 
+from db import store
+from db.engine import session_factory
+from db.models import Job, utcnow
 from producer import Client
 from producer.broker import broker_config, model_queue, redis_list, task_message
 from producer.contract import RUN_JOBS_TASK, JobMessage
@@ -171,11 +175,19 @@ def test_the_publisher_writes_the_lists_and_envelopes_kombu_writes(backend: Back
                 message = conn.default_channel.basic_get(queue, no_ack=True)
             assert JobMessage.model_validate(message.decode()[0][0]).job_ids == ours_ids
             r.delete(key)
-        # kombu serves lists by priority step: what is published at 0 is read first.
-        ours_pub.publish(model, 9, [uuid.uuid4()])
-        first = [uuid.uuid4()]
+        # kombu serves lists by priority step: what is published at 0 is read first, and a message
+        # published to the front of its list is read before those already waiting there.
+        def read_next() -> list[uuid.UUID]:
+            return JobMessage.model_validate(conn.default_channel.basic_get(queue, no_ack=True).decode()[0][0]).job_ids
+
+        low, first, second, ahead = ([uuid.uuid4()] for _ in range(4))
+        ours_pub.publish(model, 9, low)
         ours_pub.publish(model, 0, first)
-        assert JobMessage.model_validate(conn.default_channel.basic_get(queue, no_ack=True).decode()[0][0]).job_ids == first
+        ours_pub.publish(model, 0, second)
+        assert ours_pub.next_in_line(model) == [first[0], low[0]]  # one per priority list that holds messages
+        ours_pub.publish_jobs([(ahead[0], model, 0)], front=True)
+        assert [read_next(), read_next(), read_next(), read_next()] == [ahead, first, second, low]
+        assert ours_pub.next_in_line(model) == []
     ours_pub.close()
 
 
@@ -184,3 +196,29 @@ def shape(envelope: dict[str, Any]) -> dict[str, Any]:
     properties = {**envelope["properties"], "correlation_id": "-", "delivery_tag": "-"}
     headers = {**envelope["headers"], "id": "-", "root_id": "-"}
     return {**envelope, "body": "-", "headers": headers, "properties": properties}
+
+
+def test_the_sweeper_picks_queued_jobs_published_before_the_message_read_next(isolated_backend: Backend) -> None:
+    """A queue is first in, first out: a job published before the message at its head has none waiting."""
+    model = unique_text("sweep")
+    now = utcnow()
+    ages = {"lost": 600, "head": 300, "behind": 120}  # seconds since each was published
+    with session_factory(isolated_backend.database_url).begin() as session:
+        new_jobs = [store.NewJob(model=model, task="classify", input={"text": name}) for name in ages]
+        ids = dict(zip(ages, store.create_jobs(session, jobs=new_jobs), strict=True))
+        for name, age in ages.items():
+            session.get_one(Job, ids[name]).published_at = now - timedelta(seconds=age)
+
+    def picked(waiting_since: dict[str, datetime | None] | None) -> set[str]:
+        with session_factory(isolated_backend.database_url).begin() as session:
+            found = {job_id for job_id, _, _ in store.jobs_to_republish(
+                session, stale_after=timedelta(seconds=60), limit=100, waiting_since=waiting_since)}
+            session.rollback()  # leave published_at as it was for the next question
+        return {name for name, job_id in ids.items() if job_id in found}
+
+    with session_factory(isolated_backend.database_url)() as session:
+        head = store.earliest_published(session, ids=[ids["head"], uuid.uuid4()])
+    assert head is not None and abs((head - (now - timedelta(seconds=300))).total_seconds()) < 1e-3
+    assert picked({model: head}) == {"lost"}  # "head" and "behind" still have their messages
+    assert picked(None) == {"lost", "head", "behind"}  # an empty queue: every stale job
+    assert picked({model: None}) == set()  # a queue that cannot be peeked at: left alone

@@ -106,3 +106,24 @@ def test_same_message_on_two_workers_is_computed_and_written_once(
     assert counts == {"submitted": 12, "succeeded": 12, "failed": 0, "lost": 0, "duplicated": 0}
     assert all(computed_texts("slow")[t] == 1 for t in texts)
     assert all(r.attempts == 1 for r in rows(backend, ids))
+
+
+def test_jobs_whose_message_was_lost_run_before_a_busy_queue_drains(postgres_db: str, private_redis: RedisServer) -> None:
+    """Ids a dead worker held (or any message lost) leave queued rows behind. While the queue still
+    holds a backlog, the sweeper re-publishes them ahead of it instead of waiting for it to empty."""
+    from db import store
+    from db.engine import session_factory
+
+    env = _env(postgres_db, private_redis.url)
+    with session_factory(postgres_db).begin() as session:  # rows whose message never arrives
+        lost = store.create_jobs(session, jobs=[store.NewJob(model="slow", task="classify", input={"text": unique_text("lost")})
+                                                for _ in range(4)])
+    with Client(database_url=postgres_db, broker_url=private_redis.url) as client:
+        # A backlog of one message per job: 60 one-second batches of 4, most of it waiting on Redis.
+        backlog = [client.classify(unique_text("backlog"), model="slow").id for _ in range(60)]
+        with WorkerProcess(env=env):
+            client.wait_many(lost, timeout=60)
+            still_waiting = sum(not v.done for v in client.get_many(backlog))
+            assert still_waiting >= 20, f"the lost jobs ran only once the backlog was nearly done ({still_waiting} left)"
+            views = client.wait_many(backlog, timeout=120)
+    assert all(v.status == "succeeded" for v in views)
