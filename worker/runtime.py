@@ -14,11 +14,10 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 
 import torch
-from sqlalchemy.orm import Session
 
 from db import store
 from db.engine import session_factory
@@ -103,13 +102,15 @@ class WorkerRuntime:
 
     def sweep_once(self) -> int:
         """Re-publish jobs whose message was lost or whose worker died; returns how many."""
+        heads = self._queue_heads()  # Redis round trips, before the transaction opens
         with self.sessions.begin() as session:
             store.expire_overdue_jobs(session)
             picked = store.jobs_to_republish(
                 session,
                 stale_after=timedelta(seconds=producer_settings().republish_after_s),
                 limit=1000,
-                waiting_since=self._waiting_since(session),
+                waiting_since={m: None if ids is None else store.earliest_published(session, ids=ids)
+                               for m, ids in heads.items()},
             )
         # A picked job's message is gone, and it is older than any still waiting: it goes first.
         self.publisher.publish_jobs(picked, front=True)
@@ -117,18 +118,15 @@ class WorkerRuntime:
             log.warning("sweeper re-published %d jobs", len(picked))
         return len(picked)
 
-    def _waiting_since(self, session: Session) -> dict[str, datetime | None]:
-        """For each model whose queue holds messages: when the message read next was published
-        (None when the broker cannot be peeked at)."""
-        waiting: dict[str, datetime | None] = {}
+    def _queue_heads(self) -> dict[str, list[uuid.UUID] | None]:
+        """For each model whose queue holds messages: job ids from the messages read next (None
+        when the broker cannot be peeked at)."""
+        heads: dict[str, list[uuid.UUID] | None] = {}
         for model in self.registry.names():
             next_ids = self.publisher.next_in_line(model)
-            if next_ids is None:
-                if self.publisher.queue_depth(model) > 0:
-                    waiting[model] = None
-            elif next_ids:
-                waiting[model] = store.earliest_published(session, ids=next_ids)
-        return waiting
+            if next_ids or (next_ids is None and self.publisher.queue_depth(model) > 0):
+                heads[model] = next_ids
+        return heads
 
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.settings.sweep_interval_s):
