@@ -80,10 +80,7 @@ def requests_for(spec: ModelSpec, texts: Sequence[str]) -> list[Request]:
 
 # -- in process: the limit -------------------------------------------------------------------------
 class RawModel:
-    """The runner loaded in this process: its batched forward pass in chunks of `max_batch_size`
-    (the limit textq is measured against) and its latency on one item (batch size 1), with as many
-    threads as the worker uses. It stays loaded so that a raw run can precede each measured run:
-    on a shared machine the speed of the moment is what a ratio must compare against."""
+    """The runner in this process (the limit), kept loaded so a raw run can precede each measured run."""
 
     def __init__(self, spec: ModelSpec, texts: Sequence[str]) -> None:
         import torch
@@ -164,9 +161,7 @@ class Harness:
             sender.close()
         self.ledger.wait(len(requests), timeout_s=self.timeout_s, desc="warm-up")
         self.ledger.reset()
-        # This process's own heap (its imports, and the raw model when one is loaded) is not what
-        # is measured: a full garbage collection over it paused the producers for ~70 ms, once
-        # every few bulk runs. A long-running web backend can do the same after start-up.
+        # A full collection of this heap paused the producers for ~70 ms now and then (docs/design.md).
         gc.collect()
         gc.freeze()
 

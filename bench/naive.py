@@ -1,10 +1,4 @@
-"""The baseline: a plain Celery task wired by hand, one text per message, NOT part of textq.
-
-The producer inserts a row and sends `(job_id, text)`; the task runs the model on that one text
-and UPDATEs the row. Its own app and queue; run it with
-`python -m celery -A bench.naive worker -P threads -c 4 -Q bench.naive`. The model loads once per
-process, when the worker starts (env BENCH_NAIVE_MODEL, TEXTQ_DATABASE_URL, TEXTQ_BROKER_URL).
-"""
+"""The naive baseline, NOT part of textq: a hand-wired Celery task, one text per message (docs/benchmarks.md)."""
 
 from __future__ import annotations
 

@@ -24,21 +24,10 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str | None = None, *, fast_commits: bool = False, autocommit: bool = False) -> Engine:
-    """An engine for `url` (default: `TEXTQ_DATABASE_URL`). PostgreSQL URLs use psycopg 3.
+    """An engine for `url` (default `TEXTQ_DATABASE_URL`; psycopg 3 for PostgreSQL).
 
-    `fast_commits` (PostgreSQL only, for the worker): commits do not wait for the WAL flush. Only
-    claims and results are written that way: if the database crashes within the flush window (well
-    under a second), those writes are lost and the job is simply running again with a lease that
-    expires, so the sweeper re-publishes it. Nothing is lost; at worst a result is computed again.
-    Job rows (the producer's engine) always wait for the flush: a message must never name a row
-    that a crash could take back. Set per connection, it costs no statement per transaction.
-
-    `autocommit` (PostgreSQL only, for the producer): every statement commits on its own, with no
-    BEGIN and COMMIT round trips around it. Each producer write is a single statement (insert the
-    jobs, cancel one, purge a batch), so it is atomic without a transaction; reads at READ
-    COMMITTED see the same snapshots either way. One job's submit spent 0.32 ms of client CPU in a
-    transaction against 0.22 without. SQLite keeps transactions: a multi-row insert there is an
-    executemany, one statement per row.
+    PostgreSQL only: `fast_commits` for the worker (a lost claim or result only runs the job again) and
+    `autocommit` for the producer (its writes are single statements); measured in docs/design.md.
     """
     url = url or DatabaseSettings().database_url
     parsed = make_url(url)

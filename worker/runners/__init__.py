@@ -1,5 +1,4 @@
-"""Model runners by name. A spec's `runner` is one of these names, or `module:Class` for your own
-subclass of `worker.runners.base.Runner`."""
+"""Model runners by name: a spec's `runner` is a built-in name or `module:Class` (docs/models.md)."""
 
 from __future__ import annotations
 
@@ -19,8 +18,7 @@ BUILTIN_RUNNERS = {
 
 
 def create_runner(spec: ModelSpec) -> Runner:
-    """The (not yet set up) runner for `spec`. Imports it only now, so the worker loads just the
-    code of the models it serves."""
+    """The (not yet set up) runner for `spec`, imported only now so a worker loads just what it serves."""
     target = BUILTIN_RUNNERS.get(spec.runner, spec.runner)
     module_name, sep, class_name = target.partition(":")
     if not sep:

@@ -1,5 +1,4 @@
-"""The runner contract: `setup()` loads weights (heavy, once, in the batcher's process) and
-`predict(batch)` returns one output per input. Only the model's batcher thread calls either."""
+"""The runner contract (docs/models.md): heavy `setup()`, then `predict(batch)` with one output per input."""
 
 from __future__ import annotations
 
@@ -47,8 +46,7 @@ def pick_device(requested: str) -> torch.device:
 
 
 def resolve_source(source: str | None) -> str:
-    """A local path for `package:<module>` sources (weights shipped in a Python package); hub ids
-    and directories pass through unchanged for `from_pretrained`."""
+    """A local path for `package:<module>` sources; hub ids and directories pass through to `from_pretrained`."""
     if source is None:
         raise ValueError("this runner needs a model source (hub id, directory or package:<module>)")
     if source.startswith("package:"):

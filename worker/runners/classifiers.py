@@ -18,9 +18,7 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 class PrototypeClassifier(EncoderRunner):
-    """Fixed labels, each represented by the mean embedding of labelled examples kept in the repo
-    (`worker/data/<options.examples>.json`: label → example sentences). A text gets the label whose
-    prototype is nearest. Cheap to adapt: edit the examples, no training run."""
+    """Fixed labels: the nearest class prototype (mean embedding of `worker/data/<examples>.json`); no training run."""
 
     def setup(self) -> None:
         super().setup()
@@ -37,8 +35,7 @@ class PrototypeClassifier(EncoderRunner):
 
 
 class ZeroShotClassifier(EncoderRunner):
-    """Labels given per request, scored by similarity between the text and a hypothesis sentence
-    built from each label (`options.template`, default "This text is about {label}.")."""
+    """Labels given per request, scored by similarity to a hypothesis sentence per label (`options.template`)."""
 
     def setup(self) -> None:
         super().setup()

@@ -1,5 +1,4 @@
-"""Extractive summarization over sentence embeddings: pick the sentences nearest the document's
-centroid, favour early ones a little, and penalise sentences that repeat ones already chosen."""
+"""Extractive summaries: sentences nearest the document's centroid, early ones favoured, repeats penalised."""
 
 from __future__ import annotations
 

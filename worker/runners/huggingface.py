@@ -1,5 +1,4 @@
-"""Generic Hugging Face runners, from a hub id or a local directory: a fine-tuned sequence
-classifier (AutoModelForSequenceClassification) and an abstractive summarizer (AutoModelForSeq2SeqLM)."""
+"""Generic Hugging Face runners (hub id or directory): sequence classifier and seq2seq summarizer."""
 
 from __future__ import annotations
 
