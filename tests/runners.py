@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from producer.registry import ModelSpec
+from worker.retry import Retry
 from worker.runners.base import Runner
 
 POISON = "POISON"
@@ -83,3 +85,54 @@ class ThreadReportingRunner(_TestRunner):
              "torch_threads": self.torch_threads, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
             for _ in batch
         ]
+
+
+class BatchRecordingRunner(EchoRunner):
+    """Keeps each batch's texts and when it ran (time.monotonic), for in-process tests."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.batches: list[tuple[float, list[str]]] = []
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        self.batches.append((time.monotonic(), [x.text for x in batch]))
+        return super().predict(batch)
+
+
+class GatedRunner(BatchRecordingRunner):
+    """Sets `started` when a batch begins and holds it until the test sets `gate`."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        self.started.set()
+        self.gate.wait(30)
+        return super().predict(batch)
+
+
+class RetryingRunner(BatchRecordingRunner):
+    """Raises `Retry` for a batch with "RETRY" in a text, with `options.retry_delay_s` unless that
+    text says NODELAY; a text with "ONCE" in it is retried only the first time this runner sees it."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.retried: set[str] = set()
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        for text in (x.text for x in batch):
+            if "RETRY" in text and not ("ONCE" in text and text in self.retried):
+                self.retried.add(text)
+                delay = self.spec.options.get("retry_delay_s")
+                raise Retry(f"service busy for {text}", delay=None if delay is None or "NODELAY" in text else float(delay))
+        return super().predict(batch)
+
+
+class MiscountingRunner(BatchRecordingRunner):
+    """Returns one output too few for a batch with "MISCOUNT" in a text."""
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        outputs = super().predict(batch)
+        return outputs[:-1] if any("MISCOUNT" in x.text for x in batch) else outputs
