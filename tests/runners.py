@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -114,19 +115,26 @@ class GatedRunner(BatchRecordingRunner):
 
 
 class RetryingRunner(BatchRecordingRunner):
-    """Raises `Retry` for a batch with "RETRY" in a text, with `options.retry_delay_s` unless that
-    text says NODELAY; a text with "ONCE" in it is retried only the first time this runner sees it."""
+    """Raises `Retry` for a batch with "RETRY" in a text, with the delay a "DELAY=<seconds>" in that
+    text names (none: the policy's backoff). A text with "ONCE" in it is retried only the first time
+    it is seen: by this runner, or by any runner sharing the file `options.retried_log`."""
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)
         self.retried: set[str] = set()
+        self.retried_log = Path(spec.options["retried_log"]) if "retried_log" in spec.options else None
 
     def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        if self.retried_log is not None and self.retried_log.exists():
+            self.retried.update(self.retried_log.read_text().splitlines())
         for text in (x.text for x in batch):
             if "RETRY" in text and not ("ONCE" in text and text in self.retried):
                 self.retried.add(text)
-                delay = self.spec.options.get("retry_delay_s")
-                raise Retry(f"service busy for {text}", delay=None if delay is None or "NODELAY" in text else float(delay))
+                if self.retried_log is not None:
+                    with self.retried_log.open("a") as f:
+                        f.write(f"{text}\n")
+                delay = re.search(r"DELAY=([0-9.]+)", text)
+                raise Retry(f"service busy for {text}", delay=float(delay.group(1)) if delay else None)
         return super().predict(batch)
 
 

@@ -211,8 +211,8 @@ def test_a_job_whose_deadline_passes_while_claimed_expires_unrun(pipeline: Pipel
 
 
 def test_retry_with_a_delay_releases_the_job_until_then(pipeline: PipelineFactory) -> None:
-    p = pipeline(RetryingRunner, options={"retry_delay_s": 60})
-    job = p.submit("RETRY-ONCE")[0]
+    p = pipeline(RetryingRunner)
+    job = p.submit("RETRY-ONCE DELAY=60")[0]
     before = utcnow()
     row = p.run([job])[0]
     assert (row.status, row.attempts, row.output) == ("queued", 1, None)
@@ -222,7 +222,7 @@ def test_retry_with_a_delay_releases_the_job_until_then(pipeline: PipelineFactor
 
     p.make_due(job)
     row = p.run([job])[0]
-    assert (row.status, row.attempts, row.output["label"]) == ("succeeded", 2, "RETRY-ONCE")
+    assert (row.status, row.attempts, row.output["label"]) == ("succeeded", 2, "RETRY-ONCE DELAY=60")
 
 
 def test_retry_without_a_delay_backs_off_by_the_policy_then_fails_after_max_attempts(pipeline: PipelineFactory) -> None:
@@ -242,8 +242,8 @@ def test_retry_without_a_delay_backs_off_by_the_policy_then_fails_after_max_atte
 
 
 def test_retry_releases_every_job_of_its_batch(pipeline: PipelineFactory) -> None:
-    p = pipeline(RetryingRunner, start=False, max_batch_size=8, options={"retry_delay_s": 60})
-    ids = p.submit("RETRY-ONCE", *texts("neighbour", 3))
+    p = pipeline(RetryingRunner, start=False, max_batch_size=8)
+    ids = p.submit("RETRY-ONCE DELAY=60", *texts("neighbour", 3))
     p.batcher.hand_in(ids)
     p.batcher.start()
     assert p.batcher.wait_idle(timeout=30)
