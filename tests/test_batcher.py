@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -33,7 +33,6 @@ from worker.retry import RetryPolicy
 from worker.runners.base import CHARS_PER_TOKEN, Runner
 
 MODEL = "unit"
-R = TypeVar("R", bound=Runner)
 
 
 @dataclass
