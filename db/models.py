@@ -80,6 +80,8 @@ class Job(Base):
     # Last time a message for this job was sent; the sweeper re-publishes from it with backoff.
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     publish_count: Mapped[int] = mapped_column(Integer, default=0)
+    # A job released for a retry is not claimed before this time (its backoff).
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         CheckConstraint(

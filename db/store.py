@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any, cast
 
@@ -70,22 +71,56 @@ class ClaimedJob:
     expires_at: datetime | None = None
 
 
+class OutcomeKind(StrEnum):
+    """How a claimed job's try ended: finished (the first three) or released for a later retry."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    RELEASED = "released"
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one computed (or failed) job ends as; `attempt` guards against a stale claim."""
+    """How one claimed job's try ended; `attempt` guards against a stale claim."""
 
     id: uuid.UUID
     attempt: int
-    status: JobStatus
+    kind: OutcomeKind
     output: Any = None
     error_type: str | None = None
     error_message: str | None = None
+    # RELEASED only: the job may not be claimed again before this time (None: at once).
+    retry_at: datetime | None = None
 
+    @property
+    def finished(self) -> bool:
+        return self.kind is not OutcomeKind.RELEASED
 
-def expired_outcome(claim: ClaimedJob) -> Outcome:
-    """A claimed job whose deadline passed before it could run (it is not computed)."""
-    return Outcome(id=claim.id, attempt=claim.attempts, status=JobStatus.EXPIRED,
+    @property
+    def status(self) -> JobStatus:
+        """The job's status once this outcome is written."""
+        return JobStatus.QUEUED if self.kind is OutcomeKind.RELEASED else JobStatus(self.kind.value)
+
+    @classmethod
+    def succeeded(cls, claim: ClaimedJob, output: Any) -> Outcome:
+        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.SUCCEEDED, output=output)
+
+    @classmethod
+    def failed(cls, claim: ClaimedJob, *, error_type: str, error_message: str) -> Outcome:
+        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.FAILED,
+                   error_type=error_type, error_message=error_message)
+
+    @classmethod
+    def expired(cls, claim: ClaimedJob) -> Outcome:
+        """A claimed job whose deadline passed before it could run (it is not computed)."""
+        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.EXPIRED,
                    error_type=EXPIRED_ERROR, error_message=EXPIRED_MESSAGE)
+
+    @classmethod
+    def released(cls, claim: ClaimedJob, *, retry_at: datetime | None = None) -> Outcome:
+        """Back to queued for another try, not before `retry_at`."""
+        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.RELEASED, retry_at=retry_at)
 
 
 def create_jobs(session: Session | Connection, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
@@ -214,6 +249,7 @@ def _claim_statement(*, postgres: bool, first_attempt_only: bool) -> Update:
         if postgres else c.id.in_(bindparam("claim_ids", expanding=True, type_=Uuid())),
         c.model == bindparam("claim_model", type_=String()),
         or_(c.status == JobStatus.QUEUED.value, and_(c.status == JobStatus.RUNNING.value, c.lease_until < now)),
+        or_(c.retry_at.is_(None), c.retry_at <= now),  # a released job waits out its backoff
         or_(c.attempts == 0, ends_now) if first_attempt_only else true(),
     )
     # One statement per batch: claim the runnable rows and end the expired and exhausted ones.
@@ -255,6 +291,8 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
     """
     if not outcomes:
         return
+    if not all(o.finished for o in outcomes):
+        raise ValueError("finish_jobs takes finished outcomes only; released ones go to release_jobs")
     now = utcnow()
     if not _is_postgres(session):
         # SQLite is in-process: executemany costs no round trips (and it has no VALUES aliases).
@@ -289,13 +327,26 @@ _FINISH_FROM_JSON = text(
 )
 
 
-def release_jobs(session: Session, *, claims: Sequence[tuple[uuid.UUID, int]]) -> None:
-    """Put running jobs back to queued under their (id, attempt) claim, for a later retry."""
-    if claims:
-        session.execute(_RELEASE_EACH, [{"b_id": job_id, "b_attempt": attempt} for job_id, attempt in claims])
+def release_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
+    """Put running jobs back to queued under their claim, not claimable before their `retry_at`.
+
+    published_at becomes retry_at, when the worker's delayed publisher sends the next message: the
+    sweeper re-publishes the job only if that message is lost.
+    """
+    if any(o.finished for o in outcomes):
+        raise ValueError("release_jobs takes released outcomes only; finished ones go to finish_jobs")
+    if outcomes:
+        now = utcnow()
+        session.execute(_RELEASE_EACH, [
+            {"b_id": o.id, "b_attempt": o.attempt, "b_retry_at": o.retry_at, "b_published_at": o.retry_at or now}
+            for o in outcomes
+        ])
 
 
-_RELEASE_EACH = _update_under_claim().values(status=JobStatus.QUEUED.value, lease_until=None, worker=None)
+_RELEASE_EACH = _update_under_claim().values(
+    status=JobStatus.QUEUED.value, lease_until=None, worker=None,
+    retry_at=bindparam("b_retry_at", type_=UTCDateTime()), published_at=bindparam("b_published_at", type_=UTCDateTime()),
+)
 
 
 def get_job(session: Session, *, job_id: uuid.UUID) -> Job | None:

@@ -66,6 +66,12 @@ MODELS_FILE.write_text(
             },
             {"name": "failing", "kind": "classify", "runner": "tests.runners:FailingRunner", "max_wait_ms": 50},
             {"name": "threads", "kind": "classify", "runner": "tests.runners:ThreadReportingRunner"},
+            {
+                "name": "retrying",
+                "kind": "classify",
+                "runner": "tests.runners:RetryingRunner",
+                "options": {"retried_log": str(TEST_ROOT / "retrying-retried.log")},
+            },
         ]
     )
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 
+from producer.registry import ModelSpec
+from worker.retry import Retry
 from worker.runners.base import Runner
 
 POISON = "POISON"
@@ -83,3 +86,61 @@ class ThreadReportingRunner(_TestRunner):
              "torch_threads": self.torch_threads, "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
             for _ in batch
         ]
+
+
+class BatchRecordingRunner(EchoRunner):
+    """Keeps each batch's texts and when it ran (time.monotonic), for in-process tests."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.batches: list[tuple[float, list[str]]] = []
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        self.batches.append((time.monotonic(), [x.text for x in batch]))
+        return super().predict(batch)
+
+
+class GatedRunner(BatchRecordingRunner):
+    """Sets `started` when a batch begins and holds it until the test sets `gate`."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        self.started.set()
+        self.gate.wait(30)
+        return super().predict(batch)
+
+
+class RetryingRunner(BatchRecordingRunner):
+    """Raises `Retry` for a batch with "RETRY" in a text, with the delay a "DELAY=<seconds>" in that
+    text names (none: the policy's backoff). A text with "ONCE" in it is retried only the first time
+    it is seen: by this runner, or by any runner sharing the file `options.retried_log`."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.retried: set[str] = set()
+        self.retried_log = Path(spec.options["retried_log"]) if "retried_log" in spec.options else None
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        if self.retried_log is not None and self.retried_log.exists():
+            self.retried.update(self.retried_log.read_text().splitlines())
+        for text in (x.text for x in batch):
+            if "RETRY" in text and not ("ONCE" in text and text in self.retried):
+                self.retried.add(text)
+                if self.retried_log is not None:
+                    with self.retried_log.open("a") as f:
+                        f.write(f"{text}\n")
+                delay = re.search(r"DELAY=([0-9.]+)", text)
+                raise Retry(f"service busy for {text}", delay=float(delay.group(1)) if delay else None)
+        return super().predict(batch)
+
+
+class MiscountingRunner(BatchRecordingRunner):
+    """Returns one output too few for a batch with "MISCOUNT" in a text."""
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        outputs = super().predict(batch)
+        return outputs[:-1] if any("MISCOUNT" in x.text for x in batch) else outputs

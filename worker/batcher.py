@@ -1,21 +1,19 @@
-"""One batcher thread per model: the only thread that touches the model and its tokenizer.
+"""The per-model pipeline: a claimer, a batcher (the only thread that touches the model) and a writer.
 
-The job consumer hands in job ids and goes on (it blocks only while too much is already in hand,
-which is the backpressure that leaves further messages on Redis for other workers). Three threads
-per model form a pipeline, so the model never waits for the database:
+The claimer gathers handed-in ids into batches and claims them, the batcher runs the model on
+length-sorted, token-bounded groups, the writer records the outcomes; each stays one batch ahead
+of the next, so the model never waits for the database.
 
-- the claimer gathers ids from any number of messages (up to `max_batch_size`, waiting at most
-  `max_wait_ms` after the first when load is up), claims them in one statement and validates their
-  inputs, one batch ahead of the model;
-- the batcher sorts a claimed batch by length, splits it by `max_batch_tokens` to cut padding and
-  runs the model;
-- the writer writes each batch's outcomes in one transaction while the model runs the next batch.
+It needs no Celery, Redis or worker process: `Batcher(runner, sessions, lease=...)`, `start()`,
+`hand_in(ids)`, `wait_idle()` or `stop()`, then read the rows (tests/test_batcher.py does).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -27,16 +25,15 @@ import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import store
-from db.models import JobStatus, utcnow
+from db.models import utcnow
+from db.store import Outcome
 from producer.contract import JobInput, parse_job_input
-from worker.retry import with_retries
+from worker.retry import Retry, RetryPolicy
 from worker.runners.base import Runner
 
 log = logging.getLogger(__name__)
 
-# Jobs in hand (handed in, not yet written) per batch slot before the consumer waits: enough for
-# every stage (gathering, claimed, computing, two writes) to hold a batch and the next to form,
-# little enough that a crash leaves few jobs for the sweeper to bring back.
+# Jobs in hand per batch slot before hand_in blocks: a batch per stage plus one forming, no more.
 HIGH_WATER_BATCHES = 6
 
 
@@ -49,11 +46,10 @@ class _Item:
 
 @dataclass(slots=True)
 class _Claimed:
-    """One claimed batch for the model thread. `suspects` were tried before (maybe they killed a
-    worker): they are claimed and run one by one after the batch is written."""
+    """One claimed batch; `suspects` were tried before and run one by one after it."""
 
     items: list[_Item]
-    failures: list[store.Outcome]
+    failures: list[Outcome]
     suspects: set[uuid.UUID]
     settles: int
 
@@ -62,33 +58,42 @@ class _Claimed:
 class _Write:
     """One transaction for the writer thread; `settles` ids leave the in-hand count after it."""
 
-    outcomes: list[store.Outcome]
+    outcomes: list[Outcome]
     computed: int
     seconds: float
     settles: int = 0
 
 
 class Batcher:
+    """Claims, computes and records the jobs handed in for one model.
+
+    `on_batch(finished, computed, seconds)` runs after each written batch, `on_claim(created_at)`
+    after each claim and `on_release(released)` after jobs went back to queued for a retry (whoever
+    runs the batcher publishes them again at their `retry_at`); all run in pipeline threads.
+    """
+
     def __init__(
         self,
         runner: Runner,
         sessions: sessionmaker[Session],
         *,
-        worker_name: str,
         lease: timedelta,
-        max_attempts: int,
-        on_batch: Callable[[Sequence[store.Outcome], int, float], None] | None = None,
+        policy: RetryPolicy | None = None,
+        worker_name: str | None = None,
+        on_batch: Callable[[Sequence[Outcome], int, float], None] | None = None,
         on_claim: Callable[[list[datetime]], None] | None = None,
+        on_release: Callable[[Sequence[Outcome]], None] | None = None,
         torch_threads: int | None = None,
     ) -> None:
         self.runner = runner
         self.spec = runner.spec
         self.sessions = sessions
-        self.worker_name = worker_name
         self.lease = lease
-        self.max_attempts = max_attempts
+        self.policy = policy or RetryPolicy()
+        self.worker_name = worker_name or f"{socket.gethostname()}:{os.getpid()}"
         self.on_batch = on_batch
         self.on_claim = on_claim
+        self.on_release = on_release
         self.torch_threads = torch_threads
         self.high_water = HIGH_WATER_BATCHES * self.spec.max_batch_size
         self._inbox: queue.SimpleQueue[uuid.UUID | None] = queue.SimpleQueue()
@@ -116,13 +121,17 @@ class Batcher:
         self._claimer.start()
 
     def hand_in(self, job_ids: Sequence[uuid.UUID], timeout: float | None = None) -> None:
-        """Queue jobs for the next batches. Blocks while the batcher already holds `high_water`
-        jobs, so a worker never takes far more messages than it is about to compute."""
+        """Queue jobs for the next batches; blocks while `high_water` jobs are already in hand."""
         with self._room:
             self._room.wait_for(lambda: self._in_hand < self.high_water, timeout)
             self._in_hand += len(job_ids)
         for job_id in job_ids:
             self._inbox.put(job_id)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every job handed in so far is written; False if `timeout` passed first."""
+        with self._room:
+            return self._room.wait_for(lambda: self._in_hand == 0, timeout)
 
     def stop(self, timeout: float = 120.0) -> None:
         """Finish and write everything handed in, then end the claimer, batcher and writer threads."""
@@ -163,8 +172,7 @@ class Batcher:
         ids = set(job_ids)
         try:
             claims = self._claim(ids, first_attempt_only=True)
-        except Exception:  # the database stayed down past the retries: the jobs stay queued or
-            # keep their lease, and the sweeper brings them back later.
+        except Exception:  # the database stayed down: the jobs stay as they are for the sweeper
             log.exception("could not claim a batch of %d %s jobs", len(ids), self.spec.name)
             return _Claimed([], [], set(), settles=len(job_ids))
         items, failures = self._parse(claims)
@@ -173,10 +181,7 @@ class Batcher:
 
     # -- the batcher thread ------------------------------------------------------------------
     def _loop(self) -> None:
-        # This thread does all of the model's torch work, loading included. OpenMP keeps a team of
-        # threads per thread that runs parallel ops: a second team (say, from loading in the main
-        # thread) spins on the same cores and slowed the forward pass by ~25% on 2 cores. The thread
-        # count is per thread too, so it is set here.
+        # All torch work, loading included, stays in this thread: OpenMP thread teams are per thread.
         try:
             if self.torch_threads is not None:
                 torch.set_num_threads(self.torch_threads)
@@ -188,32 +193,30 @@ class Batcher:
         while (batch := self._claimed.get()) is not None:
             try:
                 self._run_batch(batch)
-            except Exception:  # the database stayed down past the retries: jobs keep their
-                # lease or stay queued, and the sweeper brings them back later.
+            except Exception:  # the database stayed down: the jobs stay as they are for the sweeper
                 log.exception("batch of %d %s jobs failed", batch.settles, self.spec.name)
             self._writes.put(_Write([], 0, 0.0, settles=batch.settles))
         self._writes.put(None)
 
     def _run_batch(self, batch: _Claimed) -> None:
         self._writes.put(self._compute(batch.items, list(batch.failures)))
-        # Jobs tried before without a result (maybe they killed a worker) are claimed and run one
-        # by one after the batch is written, so a poison job takes no other job down with it.
+        # Jobs tried before may have killed a worker: each runs alone, after the batch is committed.
         if batch.suspects:
-            self._writes.join()  # the batch's results are committed before any suspect runs
+            self._writes.join()
         for job_id in batch.suspects:
             write = self._compute(*self._parse(self._claim({job_id}, first_attempt_only=False)))
             if write.outcomes:
                 self._writes.put(write)
                 self._writes.join()
 
-    def _compute(self, items: list[_Item], outcomes: list[store.Outcome]) -> _Write:
+    def _compute(self, items: list[_Item], outcomes: list[Outcome]) -> _Write:
         """Run `items` in length-sorted, token-bounded groups; `outcomes` gets theirs appended."""
         # Claimed a batch ahead, a job may pass its deadline while it waits: it ends unrun.
         now = utcnow()
         runnable: list[_Item] = []
         for item in items:
             if item.claim.expires_at is not None and item.claim.expires_at < now:
-                outcomes.append(store.expired_outcome(item.claim))
+                outcomes.append(Outcome.expired(item.claim))
             else:
                 runnable.append(item)
         runnable.sort(key=lambda item: item.tokens)
@@ -221,6 +224,48 @@ class Batcher:
         for group in self._token_bounded(runnable):
             outcomes.extend(self._predict_isolating(group))
         return _Write(outcomes, len(runnable), time.perf_counter() - started)
+
+    def _token_bounded(self, items: list[_Item]) -> list[list[_Item]]:
+        """Split length-sorted items so that padded size (count x longest) stays in budget."""
+        groups: list[list[_Item]] = []
+        current: list[_Item] = []
+        for item in items:
+            if current and item.tokens * (len(current) + 1) > self.spec.max_batch_tokens:
+                groups.append(current)
+                current = []
+            current.append(item)
+        if current:
+            groups.append(current)
+        return groups
+
+    def _predict_isolating(self, items: list[_Item]) -> list[Outcome]:
+        """Run a group, splitting it in halves on an error so that a bad input fails alone."""
+        try:
+            outputs = self.runner.predict([item.input for item in items])
+            if len(outputs) != len(items):
+                raise RuntimeError(f"runner returned {len(outputs)} outputs for {len(items)} inputs")
+        except Exception as exc:
+            # A Retry is the runner's word on the whole group: splitting it would only retry sooner.
+            if len(items) == 1 or isinstance(exc, Retry):
+                return [self._after_error(item.claim, exc) for item in items]
+            half = len(items) // 2
+            return self._predict_isolating(items[:half]) + self._predict_isolating(items[half:])
+        return [Outcome.succeeded(item.claim, output) for item, output in zip(items, outputs, strict=True)]
+
+    def _after_error(self, claim: store.ClaimedJob, exc: Exception) -> Outcome:
+        """Released for a retry if the policy calls `exc` transient and attempts remain, else failed."""
+        if not self.policy.releases(exc):
+            log.warning("job %s failed in %s: %r", claim.id, self.spec.name, exc)
+            return _failure(claim, exc)
+        if self.policy.exhausted(claim.attempts):
+            return Outcome.failed(
+                claim,
+                error_type=store.MAX_ATTEMPTS_ERROR,
+                error_message=f"{_describe(exc)} (attempts exhausted: {claim.attempts} of {self.policy.max_attempts})",
+            )
+        retry_at = utcnow() + self.policy.delay(exc, claim.attempts)
+        log.warning("job %s released for a retry at %s: %s", claim.id, retry_at.isoformat(), _describe(exc))
+        return Outcome.released(claim, retry_at=retry_at)
 
     # -- the writer thread -------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -239,23 +284,40 @@ class Batcher:
                 self._writes.task_done()
         self._writes.task_done()
 
+    def _record(self, outcomes: list[Outcome], computed: int, elapsed: float) -> None:
+        """Write a batch's finished and released outcomes in one transaction; writer thread."""
+        finished = [o for o in outcomes if o.finished]
+        released = [o for o in outcomes if not o.finished]
+
+        def write() -> None:
+            with self.sessions.begin() as session:
+                store.finish_jobs(session, outcomes=finished)
+                store.release_jobs(session, outcomes=released)
+
+        self.policy.with_retries(write, what=f"write {self.spec.name} results")
+        if self.on_batch is not None:
+            self.on_batch(finished, computed, elapsed)
+        if self.on_release is not None and released:
+            self.on_release(released)
+
+    # -- claims (claimer and batcher threads) -------------------------------------------------
     def _claim(self, ids: set[uuid.UUID], *, first_attempt_only: bool) -> list[store.ClaimedJob]:
         def claim() -> list[store.ClaimedJob]:
             with self.sessions.begin() as session:
                 return store.claim_jobs(
-                    session, ids=ids, model=self.spec.name, worker=self.worker_name,
-                    lease=self.lease, max_attempts=self.max_attempts, first_attempt_only=first_attempt_only,
+                    session, ids=ids, model=self.spec.name, worker=self.worker_name, lease=self.lease,
+                    max_attempts=self.policy.max_attempts, first_attempt_only=first_attempt_only,
                 )
 
-        claims = with_retries(claim, what=f"claim {self.spec.name} jobs")
+        claims = self.policy.with_retries(claim, what=f"claim {self.spec.name} jobs")
         if self.on_claim is not None and claims:
             self.on_claim([c.created_at for c in claims])
         return claims
 
-    def _parse(self, claims: list[store.ClaimedJob]) -> tuple[list[_Item], list[store.Outcome]]:
+    def _parse(self, claims: list[store.ClaimedJob]) -> tuple[list[_Item], list[Outcome]]:
         """Validate claimed inputs again (rows and messages can bypass the producer)."""
         items: list[_Item] = []
-        failures: list[store.Outcome] = []
+        failures: list[Outcome] = []
         for claim in claims:
             try:
                 job_input = parse_job_input(self.spec, claim.input)
@@ -266,70 +328,13 @@ class Batcher:
             items.append(_Item(claim, job_input, tokens))
         return items, failures
 
-    def _record(self, outcomes: list[store.Outcome], computed: int, elapsed: float) -> None:
-        """Write a batch's outcomes in one transaction (retried if the database drops); writer thread."""
-        finished = [o for o in outcomes if o.status is not JobStatus.QUEUED]
-        released = [(o.id, o.attempt) for o in outcomes if o.status is JobStatus.QUEUED]
 
-        def write() -> None:
-            with self.sessions.begin() as session:
-                store.finish_jobs(session, outcomes=finished)
-                store.release_jobs(session, claims=released)
-
-        with_retries(write, what=f"write {self.spec.name} results")
-        if self.on_batch is not None:
-            self.on_batch(finished, computed, elapsed)
-
-    def _token_bounded(self, items: list[_Item]) -> list[list[_Item]]:
-        """Split length-sorted items so that padded size (count x longest) stays in budget."""
-        groups: list[list[_Item]] = []
-        current: list[_Item] = []
-        for item in items:
-            if current and item.tokens * (len(current) + 1) > self.spec.max_batch_tokens:
-                groups.append(current)
-                current = []
-            current.append(item)
-        if current:
-            groups.append(current)
-        return groups
-
-    def _predict_isolating(self, items: list[_Item]) -> list[store.Outcome]:
-        """Run a group; if it raises, split it in halves and retry, so that an input the model
-        cannot handle fails alone and an out-of-memory batch is retried smaller."""
-        try:
-            outputs = self.runner.predict([item.input for item in items])
-            if len(outputs) != len(items):
-                raise RuntimeError(f"runner returned {len(outputs)} outputs for {len(items)} inputs")
-        except Exception as exc:
-            if len(items) == 1:
-                claim = items[0].claim
-                if is_out_of_memory(exc):
-                    # Transient: memory may be free later. Back to queued; the sweeper re-publishes
-                    # it with backoff, and max_attempts bounds the retries.
-                    log.warning("job %s out of memory even alone; released for a later retry", claim.id)
-                    return [store.Outcome(id=claim.id, attempt=claim.attempts, status=JobStatus.QUEUED)]
-                log.warning("job %s failed in %s: %r", claim.id, self.spec.name, exc)
-                return [_failure(claim, exc)]
-            half = len(items) // 2
-            return self._predict_isolating(items[:half]) + self._predict_isolating(items[half:])
-        return [
-            store.Outcome(id=item.claim.id, attempt=item.claim.attempts, status=JobStatus.SUCCEEDED, output=output)
-            for item, output in zip(items, outputs, strict=True)
-        ]
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError)
-
-
-def _failure(claim: store.ClaimedJob, exc: Exception) -> store.Outcome:
-    return store.Outcome(
-        id=claim.id,
-        attempt=claim.attempts,
-        status=JobStatus.FAILED,
-        error_type=type(exc).__name__,
-        error_message=str(exc)[:2000] or repr(exc),
-    )
+def _failure(claim: store.ClaimedJob, exc: Exception) -> Outcome:
+    return Outcome.failed(claim, error_type=type(exc).__name__, error_message=str(exc)[:2000] or repr(exc))
 
 
 __all__ = ["Batcher"]

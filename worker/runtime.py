@@ -21,6 +21,7 @@ import torch
 
 from db import store
 from db.engine import session_factory
+from db.models import JobStatus, utcnow
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
 from producer.notify import FinishNotifier
@@ -28,6 +29,7 @@ from producer.registry import Registry, default_registry
 from producer.settings import producer_settings
 from worker import metrics
 from worker.batcher import Batcher
+from worker.delayed_publish import DelayedPublisher
 from worker.runners import create_runner
 from worker.settings import WorkerSettings
 
@@ -50,6 +52,7 @@ class WorkerRuntime:
         self.batchers: dict[str, Batcher] = {}
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+        self._retries = DelayedPublisher(self._publish_released)
 
     def start(self) -> None:
         with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
@@ -62,8 +65,9 @@ class WorkerRuntime:
                 self.sessions,
                 worker_name=self.name,
                 lease=timedelta(seconds=self.settings.lease_s),
-                max_attempts=self.settings.max_attempts,
+                policy=self.settings.retry_policy(),
                 on_batch=partial(self._batch_written, name),
+                on_release=self._schedule_retries,
                 on_claim=partial(metrics.observe_claims, name),
                 torch_threads=self.settings.torch_threads,
             )
@@ -81,10 +85,21 @@ class WorkerRuntime:
         gc.collect()
         gc.freeze()
         self._sweeper.start()
+        self._retries.start()
 
     def _batch_written(self, model: str, outcomes: Sequence[store.Outcome], computed: int, seconds: float) -> None:
         metrics.observe_batch(model, outcomes, computed, seconds)
         self._notify_finished(o.id for o in outcomes)
+
+    def _schedule_retries(self, released: Sequence[store.Outcome]) -> None:
+        for outcome in released:
+            self._retries.schedule(outcome.retry_at or utcnow(), [outcome.id])
+
+    def _publish_released(self, job_ids: list[uuid.UUID]) -> None:
+        """Publish the released jobs still queued (one cancelled meanwhile stays as it is)."""
+        with self.sessions() as session:
+            jobs = [(j.id, j.model, j.priority) for j in store.get_jobs(session, ids=job_ids) if j.status == JobStatus.QUEUED]
+        self.publisher.publish_jobs(jobs)
 
     def hand_in(self, model: str, job_ids: Sequence[uuid.UUID]) -> None:
         """Give the jobs to the model's batcher; returns once it has room for them, before they
@@ -99,6 +114,7 @@ class WorkerRuntime:
         self._stop.set()
         for batcher in self.batchers.values():
             batcher.stop()
+        self._retries.stop()
 
     def sweep_once(self) -> int:
         """Re-publish jobs whose message was lost or whose worker died; returns how many."""

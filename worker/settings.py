@@ -7,6 +7,10 @@ import os
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from worker.retry import RetryPolicy
+
+_DEFAULT_POLICY = RetryPolicy()
+
 
 class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TEXTQ_", extra="ignore")
@@ -15,7 +19,10 @@ class WorkerSettings(BaseSettings):
     worker_models: str = ""
     # How long a claim protects a running job; past it another worker may take the job over.
     lease_s: float = Field(300.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
+    # The retry policy (worker.retry): tries per job, and the backoff of a job released for a retry.
+    max_attempts: int = Field(_DEFAULT_POLICY.max_attempts, ge=1)
+    retry_backoff_s: float = Field(_DEFAULT_POLICY.backoff_s, ge=0)
+    retry_backoff_max_s: float = Field(_DEFAULT_POLICY.max_backoff_s, ge=0)
     sweep_interval_s: float = Field(10.0, gt=0)
     # torch intra-op threads; default: every core. One batcher runs at a time per model, so
     # intra-op parallelism is where the cores go (inter-op threads stay at 1).
@@ -25,6 +32,10 @@ class WorkerSettings(BaseSettings):
     fast_commits: bool = True
     # Serve Prometheus metrics on this port (0: off). One port per worker process.
     metrics_port: int = Field(0, ge=0, le=65535)
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.max_attempts, backoff_s=self.retry_backoff_s,
+                           max_backoff_s=self.retry_backoff_max_s)
 
     def served_models(self, available: list[str]) -> list[str]:
         if not self.worker_models.strip():
