@@ -122,7 +122,7 @@ def test_parse_message_reads_what_task_message_builds() -> None:
     ("bad", "reason"),
     [
         (message(args_of({"model": "m", "job_ids": [SOME_ID]}), task="other.task"), "task 'other.task' is not textq.run_jobs"),
-        (message(args_of({"model": "m", "job_ids": [SOME_ID]}), headers=["not", "a", "dict"]), "task None is not"),
+        (message(args_of({"model": "m", "job_ids": [SOME_ID]}), headers={}), "task None is not"),
         (message(args_of({"model": "m", "job_ids": [SOME_ID]}), content_type="application/x-python-serialize"),
          "content type 'application/x-python-serialize' is not application/json"),
         (message(args_of({"model": "m", "job_ids": [SOME_ID]}), content_type=None), "content type None"),

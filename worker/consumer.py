@@ -66,9 +66,10 @@ class DroppingRedisChannel(kombu_redis.Channel):
     def _brpop_read(self, **options: Any) -> bool:
         try:
             return bool(super()._brpop_read(**options))
-        except (Empty, *self.connection_errors):
-            raise
-        except Exception as exc:  # whatever decoding raised: JSON, UTF-8, missing keys, kombu's type hooks
+        except Exception as exc:  # whatever decoding raised: JSON, UTF-8, base64, missing keys, kombu's type hooks
+            # kombu counts KeyError a connection error (for a stale fd); here it is an envelope missing a key.
+            if isinstance(exc, Empty) or (isinstance(exc, self.connection_errors) and not isinstance(exc, KeyError)):
+                raise
             log.error("dropped a message kombu could not read: %.200r", exc)
             return True
 
