@@ -1,34 +1,26 @@
-"""Celery's broker side of the contract: the settings producer and worker must agree on, and the
-publisher that turns job ids into Celery messages. No Celery result backend: the jobs table is it."""
+"""The broker settings producer and worker must agree on, and the publisher that turns job ids into
+messages (their format is `producer.wire`'s). No Celery result backend: the jobs table is it."""
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import os
-import socket
 import uuid
-from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
-from kombu.transport.redis import Channel as RedisChannel
 from kombu.utils.url import maybe_sanitize_url
 
-from producer.contract import MAX_JOBS_PER_MESSAGE, RUN_JOBS_TASK, JobMessage
 from producer.notify import redis_for
 from producer.registry import queue_name
 from producer.settings import ProducerSettings
+from producer.wire import MAX_JOBS_PER_MESSAGE, PRIORITY_STEPS, JobMessage, first_job_id, redis_envelope, redis_list, task_message
+
+__all__ = ["Publisher", "broker_config", "chunked", "model_queue"]
 
 log = logging.getLogger(__name__)
-
-# Redis emulates priorities with one list per step; lower number = served first.
-PRIORITY_STEPS = [0, 3, 6, 9]
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600
 
 
 def broker_config(settings: ProducerSettings) -> dict[str, Any]:
@@ -42,9 +34,8 @@ def broker_config(settings: ProducerSettings) -> dict[str, Any]:
         "result_backend": None,
         "task_ignore_result": True,
         "broker_connection_retry_on_startup": True,
+        # No visibility_timeout: it only restores unacked messages, and the model queues are read with no_ack.
         "broker_transport_options": {
-            # Longer than any batch, or a slow batch is redelivered while it still runs (celery#5935).
-            "visibility_timeout": DEFAULT_VISIBILITY_TIMEOUT_S,
             "queue_order_strategy": "priority",
             "priority_steps": PRIORITY_STEPS,
         },
@@ -64,61 +55,11 @@ def chunked(ids: Sequence[uuid.UUID], size: int) -> Iterable[Sequence[uuid.UUID]
         yield ids[start : start + size]
 
 
-def task_message(message: JobMessage) -> tuple[list[Any], dict[str, Any]]:
-    """A Celery task message (protocol 2) that runs `message`: body and headers.
-
-    Built here rather than by `Celery.send_task`, which spent ~0.6 ms of the producer's CPU per
-    message on routing, argument reprs and signals that textq does not use (measured: 1.24 vs
-    0.69 ms per one-job publish). The worker reads it in worker.consumer; Celery tools can too.
-    """
-    task_id = str(uuid.uuid4())
-    body = [[message.model_dump(mode="json")], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    headers = {
-        "lang": "py", "task": RUN_JOBS_TASK, "id": task_id, "root_id": task_id, "parent_id": None, "group": None,
-        "retries": 0, "eta": None, "expires": None, "timelimit": [None, None], "ignore_result": True,
-        "argsrepr": f"{message.model}: {len(message.job_ids)} jobs", "kwargsrepr": "{}",
-        "origin": f"{socket.gethostname()}:{os.getpid()}",
-    }
-    return body, headers
-
-
-def redis_list(queue: str, priority: int) -> str:
-    """The Redis list kombu's Redis transport keeps a queue's messages of `priority` in: one list per
-    priority step, the lowest step under the queue's own name (kombu.transport.redis.Channel)."""
-    step = PRIORITY_STEPS[bisect_right(PRIORITY_STEPS, min(max(priority, 0), 9)) - 1]
-    return f"{queue}{RedisChannel.sep}{step}" if step else queue
-
-
-def redis_envelope(queue: str, priority: int, body: list[Any], headers: dict[str, Any]) -> str:
-    """The JSON envelope kombu's Redis transport stores for a JSON message (body base64-encoded)."""
-    payload = base64.b64encode(json.dumps(body).encode()).decode()
-    return json.dumps({
-        "body": payload, "content-encoding": "utf-8", "content-type": "application/json", "headers": headers,
-        "properties": {
-            "correlation_id": headers["id"], "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": priority, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
-        },
-    })
-
-
-def _first_job_id(envelope: bytes) -> uuid.UUID | None:
-    """The first job id in a message as `redis_envelope` writes it (None for any other message)."""
-    try:
-        body = json.loads(base64.b64decode(json.loads(envelope)["body"]))
-        return uuid.UUID(body[0][0]["job_ids"][0])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None
-
-
 class Publisher:
     """Sends run-jobs messages on each model's queue.
 
-    On Redis it pushes kombu's envelopes onto the queue's lists itself, every message of a call in
-    one pipelined round trip: 0.12 ms of CPU for a one-job publish, against 0.27 ms through kombu's
-    producer (a third of that went to building a new redis client per message), which a web
-    request submitting one job paid every time. The worker reads them with kombu as usual, and
-    tests/test_delivery.py checks that both write the same lists and envelopes. Other brokers go
-    through kombu's producer.
+    On Redis it pushes the envelopes itself, a call's messages in one pipelined round trip (half the
+    CPU of kombu's producer per one-job publish); other brokers go through kombu's producer.
     """
 
     def __init__(self, settings: ProducerSettings) -> None:
@@ -170,7 +111,7 @@ class Publisher:
         pipe = self.redis.pipeline(transaction=False)
         for step in PRIORITY_STEPS:
             pipe.lindex(redis_list(queue_name(model), step), -1)
-        return [job_id for raw in pipe.execute() if raw is not None and (job_id := _first_job_id(raw)) is not None]
+        return [job_id for raw in pipe.execute() if raw is not None and (job_id := first_job_id(raw)) is not None]
 
     def queue_depth(self, model: str) -> int:
         """Messages waiting on a model's queue (all priority levels), not counting reserved ones."""

@@ -27,9 +27,6 @@ from producer.errors import FieldError, InvalidJobError
 from producer.registry import DEFAULT_MODEL_FOR, ModelSpec, Registry
 from producer.settings import producer_settings
 
-RUN_JOBS_TASK = "textq.run_jobs"
-MAX_JOBS_PER_MESSAGE = 1024
-
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -136,15 +133,6 @@ JobRequest = Annotated[
                   custom_error_message="task must be 'classify' or 'summarize'"),
 ]
 job_request_adapter: TypeAdapter[ClassifyRequest | SummarizeRequest] = TypeAdapter(JobRequest)
-
-
-class JobMessage(BaseModel):
-    """The Celery message body: which jobs to run. Everything else is read from the jobs table."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    job_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_JOBS_PER_MESSAGE)
 
 
 class JobView(BaseModel):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import redis
 from kombu import Connection, Exchange, Producer
@@ -16,10 +14,9 @@ from db import store
 from db.engine import session_factory
 from db.models import Job, utcnow
 from producer import Client
-from producer.broker import broker_config, model_queue, redis_list, task_message
-from producer.contract import RUN_JOBS_TASK, JobMessage
+from producer.broker import model_queue
 from producer.registry import queue_name
-from producer.settings import ProducerSettings
+from producer.wire import RUN_JOBS_TASK
 from producer.worker_process import WorkerProcess
 from tests.conftest import TEST_ROOT, Backend
 from tests.helpers import computed_texts, insert_raw_job, publisher, rows, unique_text
@@ -148,54 +145,6 @@ def test_out_of_memory_alone_is_retried_then_fails_after_max_attempts(worker: Wo
     assert view.status == "failed"
     assert view.error_type == "MaxAttemptsExceeded"
     assert view.attempts == 3
-
-
-def test_the_publisher_writes_the_lists_and_envelopes_kombu_writes(backend: Backend) -> None:
-    """The publisher pushes kombu's Redis envelopes itself; kombu must agree on where and what."""
-    model = unique_text("compat")
-    queue = queue_name(model)
-    conf = broker_config(ProducerSettings(broker_url=backend.broker_url))
-    r = redis.Redis.from_url(backend.broker_url)
-    ours_pub = publisher(backend)
-    with Connection(backend.broker_url, transport_options=conf["broker_transport_options"]) as conn:
-        kombu_producer = Producer(conn.default_channel)
-        for priority in (9, 0, 4):
-            ours_ids = [uuid.uuid4()]
-            ours_pub.publish(model, priority, ours_ids)
-            body, headers = task_message(JobMessage(model=model, job_ids=[uuid.uuid4()]))
-            kombu_producer.publish(body, exchange="", routing_key=queue, priority=priority, serializer="json",
-                                   headers=headers, correlation_id=headers["id"])
-            # Both landed on the same list: the one for this priority step.
-            key = redis_list(queue, priority)
-            kombu_raw, ours_raw = (json.loads(m) for m in r.lrange(key, 0, -1))
-            assert shape(ours_raw) == shape(kombu_raw)
-            # kombu reads ours back as the message we sent.
-            message = conn.default_channel.basic_get(queue, no_ack=True)
-            if message.properties["correlation_id"] == kombu_raw["properties"]["correlation_id"]:
-                message = conn.default_channel.basic_get(queue, no_ack=True)
-            assert JobMessage.model_validate(message.decode()[0][0]).job_ids == ours_ids
-            r.delete(key)
-        # kombu serves lists by priority step: what is published at 0 is read first, and a message
-        # published to the front of its list is read before those already waiting there.
-        def read_next() -> list[uuid.UUID]:
-            return JobMessage.model_validate(conn.default_channel.basic_get(queue, no_ack=True).decode()[0][0]).job_ids
-
-        low, first, second, ahead = ([uuid.uuid4()] for _ in range(4))
-        ours_pub.publish(model, 9, low)
-        ours_pub.publish(model, 0, first)
-        ours_pub.publish(model, 0, second)
-        assert ours_pub.next_in_line(model) == [first[0], low[0]]  # one per priority list that holds messages
-        ours_pub.publish_jobs([(ahead[0], model, 0)], front=True)
-        assert [read_next(), read_next(), read_next(), read_next()] == [ahead, first, second, low]
-        assert ours_pub.next_in_line(model) == []
-    ours_pub.close()
-
-
-def shape(envelope: dict[str, Any]) -> dict[str, Any]:
-    """An envelope with its per-message ids and task arguments blanked out."""
-    properties = {**envelope["properties"], "correlation_id": "-", "delivery_tag": "-"}
-    headers = {**envelope["headers"], "id": "-", "root_id": "-"}
-    return {**envelope, "body": "-", "headers": headers, "properties": properties}
 
 
 def test_the_sweeper_picks_queued_jobs_published_before_the_message_read_next(isolated_backend: Backend) -> None:

@@ -23,7 +23,7 @@ from kombu.entity import Queue
 from producer.broker import broker_config
 from producer.registry import default_registry
 from producer.settings import producer_settings
-from worker.consumer import JobConsumer
+from worker.consumer import JobConsumer, redis_transport_for
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ WorkerSettings().served_models(default_registry().names())  # fail at start on a
 app = Celery("textq")
 app.conf.update(
     broker_config(producer_settings()),
+    broker_transport=redis_transport_for(producer_settings().broker_url),  # drops undecodable messages
     worker_pool="threads",
     # No Celery task runs here (see JobConsumer), so one pool thread is enough.
     worker_concurrency=1,

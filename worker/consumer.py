@@ -1,53 +1,32 @@
 """The job consumer: a Celery consumer step that reads the model queues and hands each message's
-job ids straight to the model's batcher.
+job ids straight to the model's batcher, and the Redis transport it reads them with.
 
-Celery's own task path (a Request per message, the pool, the tracer, a late ack) cost ~2.5 ms of
-the worker's CPU per message, about as much as everything else the worker does for a one-job
-message. Here a message costs one Redis round trip (BRPOP): it is consumed without an ack
-(`no_ack`), because the jobs table, not the message, keeps a job safe. A message whose worker dies
-before its ids are handed in leaves its jobs queued, and the sweeper re-publishes them, exactly as
-for the ids a dead worker already held in its batcher.
-
-Backpressure: the callback blocks in `hand_in` while the batcher holds its high water of jobs, so
-the consumer stops reading; unread messages stay on Redis for other workers.
-
-Messages are Celery task messages (protocol 2: the body is `[args, kwargs, embed]`, `args[0]` the
-`JobMessage`, as `producer.broker.task_message` builds them), so Celery tooling can read them.
+Messages are consumed without an ack (`no_ack`): the jobs table, not the message, keeps a job safe
+(the sweeper re-publishes the jobs of a message lost with its worker). While a batcher is full,
+`hand_in` blocks, so the consumer stops reading and messages wait on Redis for other workers.
+Anything on a model queue that is not a textq message is dropped with one log line.
 """
 
 from __future__ import annotations
 
 import logging
+from queue import Empty
+from typing import Any
+from urllib.parse import urlsplit
 
 from celery import bootsteps
 from kombu.message import Message
 from kombu.messaging import Consumer
+from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Channel
 
 from producer.broker import model_queue
-from producer.contract import RUN_JOBS_TASK, JobMessage
+from producer.wire import MalformedMessageError, parse_message
 from worker.runtime import ModelNotServedError
 
+__all__ = ["JobConsumer", "redis_transport_for"]
+
 log = logging.getLogger(__name__)
-
-
-def parse_message(message: Message) -> JobMessage | None:
-    """The job message in a Celery task message, or None (logged) if it is not a valid one."""
-    task = message.headers.get("task")
-    if task != RUN_JOBS_TASK:
-        log.error("dropped a message for task %r on a textq queue (expected %s)", task, RUN_JOBS_TASK)
-        return None
-    try:
-        body = message.decode()  # only JSON is accepted: anything else raises before it is parsed
-        args = body[0] if isinstance(body, list | tuple) and body else None
-        if not isinstance(args, list | tuple) or len(args) != 1:
-            raise ValueError(f"expected one argument, the job message; got {args!r:.200}")
-        return JobMessage.model_validate(args[0])
-    except ValueError as exc:  # a pydantic ValidationError too
-        log.error("dropped malformed message: %s", exc)
-    except Exception as exc:  # ContentDisallowed (pickle, ...), a decode error
-        log.error("dropped undecodable message (%s): %s", message.content_type, exc)
-    return None
 
 
 class JobConsumer(bootsteps.ConsumerStep):
@@ -65,10 +44,52 @@ class JobConsumer(bootsteps.ConsumerStep):
         return [Consumer(channel, queues=queues, on_message=self.on_message, accept=["json"], no_ack=True)]
 
     def on_message(self, message: Message) -> None:
-        job_message = parse_message(message)
-        if job_message is None:
+        try:
+            job_message = parse_message(message)
+        except MalformedMessageError as exc:
+            log.error("dropped a message: %s", exc)
             return
         try:
             self.runtime.hand_in(job_message.model, job_message.job_ids)
         except ModelNotServedError as exc:  # misrouted: its jobs stay queued for the sweeper to re-route
             log.error("dropped a message: %s", exc)
+
+
+class DroppingRedisChannel(kombu_redis.Channel):
+    """kombu's Redis channel, except that a message it cannot decode is dropped with one log line.
+
+    kombu decodes what BRPOP pops (JSON envelope, body encoding) before any consumer sees it, and
+    an error there stopped the worker. `_brpop_read` is every path a popped message takes: the
+    poller's (one BRPOP over all queues and priority lists) and the read a closing channel finishes.
+    """
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            return bool(super()._brpop_read(**options))
+        except Exception as exc:  # whatever decoding raised: JSON, UTF-8, base64, missing keys, kombu's type hooks
+            # kombu counts KeyError a connection error (for a stale fd); here it is an envelope missing a key.
+            if isinstance(exc, Empty) or (isinstance(exc, self.connection_errors) and not isinstance(exc, KeyError)):
+                raise
+            log.error("dropped a message kombu could not read: %.200r", exc)
+            return True
+
+
+class DroppingRedisTLSChannel(DroppingRedisChannel):
+    # kombu turns TLS on for a rediss:// URL by its scheme, which a transport class given by name hides.
+    connection_class = kombu_redis.Channel.connection_class_ssl  # type: ignore[assignment]  # an SSLConnection is a Connection
+
+
+class DroppingRedisTransport(kombu_redis.Transport):
+    Channel = DroppingRedisChannel
+
+
+class DroppingRedisTLSTransport(kombu_redis.Transport):
+    Channel = DroppingRedisTLSChannel
+
+
+def redis_transport_for(broker_url: str) -> str | None:
+    """The kombu transport a worker reads `broker_url` with (None: kombu's own, by the URL's scheme)."""
+    return {
+        "redis": f"{__name__}:DroppingRedisTransport",
+        "rediss": f"{__name__}:DroppingRedisTLSTransport",
+    }.get(urlsplit(broker_url).scheme)
