@@ -21,6 +21,7 @@ import torch
 
 from db import store
 from db.engine import session_factory
+from db.models import utcnow
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
 from producer.notify import FinishNotifier
@@ -101,17 +102,24 @@ class WorkerRuntime:
             batcher.stop()
 
     def sweep_once(self) -> int:
-        """Re-publish jobs whose message was lost or whose worker died; returns how many."""
+        """Re-publish jobs whose message was lost or whose worker died, and end queued jobs of models
+        this deployment does not know; returns how many were re-published."""
         heads = self._queue_heads()  # Redis round trips, before the transaction opens
+        stale_after = timedelta(seconds=producer_settings().republish_after_s)
         with self.sessions.begin() as session:
             store.expire_overdue_jobs(session)
+            # Not at once: a producer may read a newer models file than this worker.
+            unknown = store.fail_unknown_model_jobs(session, known_models=self.registry.names(),
+                                                    created_before=utcnow() - stale_after)
             picked = store.jobs_to_republish(
                 session,
-                stale_after=timedelta(seconds=producer_settings().republish_after_s),
+                stale_after=stale_after,
                 limit=1000,
                 waiting_since={m: None if ids is None else store.earliest_published(session, ids=ids)
                                for m, ids in heads.items()},
             )
+        if unknown:
+            log.warning("sweeper failed %d queued jobs of models not in the registry", unknown)
         # A picked job's message is gone, and it is older than any still waiting: it goes first.
         self.publisher.publish_jobs(picked, front=True)
         if picked:
