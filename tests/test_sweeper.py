@@ -191,7 +191,7 @@ def test_a_row_whose_stored_input_cannot_be_read_fails_alone_and_its_batch_runs(
     bad = {name: add(backend.database_url, Rows("echo"))[0] for name in unreadable}
     for name, stored in unreadable.items():
         _write_input(backend, bad[name], stored)
-    good = [client.classify(unique_text("neighbour"), model="echo").id for _ in range(3)]
+    good = add(backend.database_url, Rows("echo", count=3))  # no message of their own
     try:
         publisher(backend).publish("echo", 5, [*bad.values(), *good])  # one message, one batch
         assert [v.status for v in client.wait_many(good, timeout=30)] == ["succeeded"] * 3
