@@ -48,6 +48,8 @@ MAX_ATTEMPTS_ERROR = "MaxAttemptsExceeded"
 EXPIRED_ERROR = "DeadlineExceeded"
 EXPIRED_MESSAGE = "the job's deadline passed before it could run"
 UNKNOWN_MODEL_ERROR = "UnknownModel"
+# The longest wait between re-publishes of a queued job, in units of the first: five doublings.
+DEFAULT_BACKOFF_CAP = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +385,7 @@ def jobs_to_republish(
     running with an expired lease. Marks them published now.
 
     The backoff starts at `stale_after` and doubles with each re-publish, up to `max_backoff`
-    (default 32 x `stale_after`). It is part of the query, so `limit` counts only jobs that are due:
+    (default DEFAULT_BACKOFF_CAP x `stale_after`). It is part of the query, so `limit` counts only jobs that are due:
     any number of jobs in backoff cannot hide a lost one. A queued job never published (a row
     written around the producer) has no message anywhere and is due at once.
 
@@ -407,7 +409,7 @@ def jobs_to_republish(
                         Job.published_at.is_(None),
                         and_(
                             Job.published_at < _republish_due_before(
-                                now, stale_after, stale_after * 32 if max_backoff is None else max_backoff),
+                                now, stale_after, stale_after * DEFAULT_BACKOFF_CAP if max_backoff is None else max_backoff),
                             _no_message_waiting(waiting_since or {}),
                         ),
                     ),

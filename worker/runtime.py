@@ -108,7 +108,7 @@ class WorkerRuntime:
         stale_after = timedelta(seconds=producer_settings().republish_after_s)
         with self.sessions.begin() as session:
             store.expire_overdue_jobs(session)
-            # Not at once: a producer may read a newer models file than this worker.
+            # Only after a republish period: a producer with a newer models file may know the model already.
             unknown = store.fail_unknown_model_jobs(session, known_models=self.registry.names(),
                                                     created_before=utcnow() - stale_after)
             picked = store.jobs_to_republish(
