@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     case,
     delete,
     func,
+    literal,
     or_,
     select,
     text,
@@ -46,6 +48,9 @@ JOBS = cast(Table, Job.__table__)
 MAX_ATTEMPTS_ERROR = "MaxAttemptsExceeded"
 EXPIRED_ERROR = "DeadlineExceeded"
 EXPIRED_MESSAGE = "the job's deadline passed before it could run"
+UNKNOWN_MODEL_ERROR = "UnknownModel"
+# The longest wait between re-publishes of a queued job, in units of the first: five doublings.
+DEFAULT_BACKOFF_CAP = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,8 @@ class ClaimedJob:
     attempts: int
     created_at: datetime
     expires_at: datetime | None = None
+    # Why the stored input cannot be a job's input (then `input` is None): the job fails alone.
+    input_error: str | None = None
 
 
 class OutcomeKind(StrEnum):
@@ -230,7 +237,29 @@ def claim_jobs(
         "claim_lease_until": now + lease, "max_attempts": max_attempts,
         "exhausted_message": f"exceeded max attempts ({max_attempts}): every try ended without a result",
     })
-    return [ClaimedJob(*row[:7]) for row in result.tuples() if row[7] == JobStatus.RUNNING]
+    return [_claimed(*row[:7]) for row in result.tuples() if row[7] == JobStatus.RUNNING]
+
+
+def _claimed(job_id: uuid.UUID, model: str, task: str, stored: Any, attempts: int, created_at: datetime,
+             expires_at: datetime | None) -> ClaimedJob:
+    job_input, error = _decode_input(stored)
+    return ClaimedJob(job_id, model, task, job_input, attempts, created_at, expires_at, input_error=error)
+
+
+def _decode_input(stored: Any) -> tuple[Any, str | None]:
+    """A claimed row's input, or why it cannot be one. SQLite hands over the stored bytes, decoded
+    here row by row, so one row of bad JSON fails alone instead of the whole claim."""
+    if isinstance(stored, bytes):
+        try:
+            stored = json.loads(stored)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+            return None, f"stored input is not valid JSON ({exc})"
+    if not isinstance(stored, dict):
+        return None, f"stored input is a JSON {_JSON_KINDS.get(type(stored), type(stored).__name__)}, not an object"
+    return stored, None
+
+
+_JSON_KINDS = {str: "string", list: "array", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 @lru_cache(maxsize=4)
@@ -270,7 +299,10 @@ def _claim_statement(*, postgres: bool, first_attempt_only: bool) -> Update:
                 else_=None,
             ),
         )
-        .returning(c.id, c.model, c.task, c.input, c.attempts, c.created_at, c.expires_at, c.status)
+        # SQLite: the input's bytes, not JSON decoded by SQLAlchemy, which raises for the whole result
+        # on one row of bad JSON. PostgreSQL's jsonb is always valid JSON (decoded by the driver).
+        .returning(c.id, c.model, c.task, c.input if postgres else c.input.cast(LargeBinary()),
+                   c.attempts, c.created_at, c.expires_at, c.status)
     )
 
 
@@ -393,10 +425,20 @@ def cancel_job(session: Session, *, job_id: uuid.UUID) -> bool:
 
 
 def jobs_to_republish(
-    session: Session, *, stale_after: timedelta, limit: int, waiting_since: Mapping[str, datetime | None] | None = None
+    session: Session,
+    *,
+    stale_after: timedelta,
+    limit: int,
+    waiting_since: Mapping[str, datetime | None] | None = None,
+    max_backoff: timedelta | None = None,
 ) -> list[tuple[uuid.UUID, str, int]]:
-    """Jobs whose message was probably lost: queued and not published for a backoff period that
-    doubles with each re-publish, or running with an expired lease. Marks them published now.
+    """Jobs whose message was probably lost: queued and not published for a backoff period, or
+    running with an expired lease. Marks them published now.
+
+    The backoff starts at `stale_after` and doubles with each re-publish, up to `max_backoff`
+    (default DEFAULT_BACKOFF_CAP x `stale_after`). It is part of the query, so `limit` counts only jobs that are due:
+    any number of jobs in backoff cannot hide a lost one. A queued job never published (a row
+    written around the producer) has no message anywhere and is due at once.
 
     `waiting_since` covers the models whose queue still holds messages: when the message read next
     there was published. A queue is first in, first out, so a queued job published before that has
@@ -408,15 +450,20 @@ def jobs_to_republish(
     instead of publishing the same job twice.
     """
     now = utcnow()
-    backoff = stale_after.total_seconds()
     stmt = (
-        select(Job.id, Job.model, Job.priority, Job.status, Job.published_at, Job.publish_count)
+        select(Job.id, Job.model, Job.priority)
         .where(
             or_(
                 and_(
                     Job.status == JobStatus.QUEUED,
-                    Job.published_at < now - stale_after,
-                    _no_message_waiting(waiting_since or {}),
+                    or_(
+                        Job.published_at.is_(None),
+                        and_(
+                            Job.published_at < _republish_due_before(
+                                now, stale_after, stale_after * DEFAULT_BACKOFF_CAP if max_backoff is None else max_backoff),
+                            _no_message_waiting(waiting_since or {}),
+                        ),
+                    ),
                 ),
                 and_(Job.status == JobStatus.RUNNING, Job.lease_until < now),
             )
@@ -426,13 +473,7 @@ def jobs_to_republish(
     )
     if _is_postgres(session):
         stmt = stmt.with_for_update(skip_locked=True)
-    picked: list[tuple[uuid.UUID, str, int]] = []
-    for job_id, model, priority, status, published_at, count in session.execute(stmt).tuples():
-        # Exponential backoff between re-publishes of the same queued job, capped at 32x.
-        wait = backoff * (2 ** min(max(count - 1, 0), 5))
-        if status == JobStatus.QUEUED and published_at is not None and published_at > now - timedelta(seconds=wait):
-            continue
-        picked.append((job_id, model, priority))
+    picked = [(job_id, model, priority) for job_id, model, priority in session.execute(stmt).tuples()]
     if picked:
         session.execute(
             update(Job).where(Job.id.in_([p[0] for p in picked])).values(published_at=now, publish_count=Job.publish_count + 1),
@@ -441,16 +482,41 @@ def jobs_to_republish(
     return picked
 
 
+def _republish_due_before(now: datetime, base: timedelta, cap: timedelta) -> ColumnElement[datetime]:
+    """The publish time before which a queued job is due again: now - min(base x 2 ** (publish_count - 1), cap).
+
+    One bound timestamp per doubling step, chosen by publish_count: both backends compare them as
+    they compare stored timestamps (SQLite has no interval arithmetic on its text timestamps).
+    """
+    waits = [min(base, cap)]
+    while waits[-1] < cap and base > timedelta(0) and len(waits) < _MAX_BACKOFF_STEPS:
+        waits.append(min(waits[-1] * 2, cap))
+    steps = [(Job.publish_count <= count, _at(now - wait)) for count, wait in enumerate(waits[:-1], start=1)]
+    return case(*steps, else_=_at(now - waits[-1])) if steps else _at(now - waits[-1])
+
+
+# Doublings before the backoff reaches its cap: 2 ** 40 x even 1 ms is 35 years.
+_MAX_BACKOFF_STEPS = 40
+
+
+def _at(moment: datetime) -> ColumnElement[datetime]:
+    return literal(moment, UTCDateTime())
+
+
 def _no_message_waiting(waiting_since: Mapping[str, datetime | None]) -> ColumnElement[bool]:
     known = [and_(Job.model == model, Job.published_at < since) for model, since in waiting_since.items() if since]
     return or_(Job.model.not_in(list(waiting_since)), *known)
 
 
 def earliest_published(session: Session, *, ids: Sequence[uuid.UUID]) -> datetime | None:
-    """When the first of these jobs was (last) published; None if none of them has a row."""
+    """When the first of these jobs was (last) published; None if none of them has a row.
+
+    A job with no publish time counts from its creation: its message cannot be older than that.
+    """
     if not ids:
         return None
-    return session.execute(select(func.min(Job.published_at)).where(Job.id.in_(list(ids)))).scalar_one()
+    first = func.min(func.coalesce(Job.published_at, Job.created_at))
+    return session.execute(select(first).where(Job.id.in_(list(ids)))).scalar_one()
 
 
 def expire_overdue_jobs(session: Session) -> int:
@@ -464,6 +530,26 @@ def expire_overdue_jobs(session: Session) -> int:
             finished_at=now,
             error_type=EXPIRED_ERROR,
             error_message=EXPIRED_MESSAGE,
+        ),
+        execution_options={"synchronize_session": False},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def fail_unknown_model_jobs(session: Session, *, known_models: Collection[str], created_before: datetime) -> int:
+    """End queued jobs created before `created_before` whose model is none of `known_models`: no
+    worker can ever claim them. Returns how many."""
+    if not known_models:  # an empty registry is a misconfiguration, not a reason to fail every job
+        return 0
+    result = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.QUEUED, Job.model.not_in(list(known_models)), Job.created_at < created_before)
+        .values(
+            status=JobStatus.FAILED,
+            finished_at=utcnow(),
+            error_type=UNKNOWN_MODEL_ERROR,
+            error_message=literal("no model named '", String()) + Job.model
+            + literal("' in this deployment's registry (TEXTQ_MODELS_FILE)", String()),
         ),
         execution_options={"synchronize_session": False},
     )

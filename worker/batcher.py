@@ -28,6 +28,7 @@ from db import store
 from db.models import utcnow
 from db.store import Outcome
 from producer.contract import JobInput, parse_job_input
+from producer.errors import InvalidJobError
 from worker.retry import Retry, RetryPolicy
 from worker.runners.base import Runner
 
@@ -320,6 +321,8 @@ class Batcher:
         failures: list[Outcome] = []
         for claim in claims:
             try:
+                if claim.input_error is not None:
+                    raise InvalidJobError.single("input", claim.input_error)
                 job_input = parse_job_input(self.spec, claim.input)
                 tokens = self.runner.estimate_tokens(job_input)
             except Exception as exc:  # an invalid input, or one the runner cannot size: it fails alone

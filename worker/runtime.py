@@ -117,17 +117,24 @@ class WorkerRuntime:
         self._retries.stop()
 
     def sweep_once(self) -> int:
-        """Re-publish jobs whose message was lost or whose worker died; returns how many."""
+        """Re-publish jobs whose message was lost or whose worker died, and end queued jobs of models
+        this deployment does not know; returns how many were re-published."""
         heads = self._queue_heads()  # Redis round trips, before the transaction opens
+        stale_after = timedelta(seconds=producer_settings().republish_after_s)
         with self.sessions.begin() as session:
             store.expire_overdue_jobs(session)
+            # Only after a republish period: a producer with a newer models file may know the model already.
+            unknown = store.fail_unknown_model_jobs(session, known_models=self.registry.names(),
+                                                    created_before=utcnow() - stale_after)
             picked = store.jobs_to_republish(
                 session,
-                stale_after=timedelta(seconds=producer_settings().republish_after_s),
+                stale_after=stale_after,
                 limit=1000,
                 waiting_since={m: None if ids is None else store.earliest_published(session, ids=ids)
                                for m, ids in heads.items()},
             )
+        if unknown:
+            log.warning("sweeper failed %d queued jobs of models not in the registry", unknown)
         # A picked job's message is gone, and it is older than any still waiting: it goes first.
         self.publisher.publish_jobs(picked, front=True)
         if picked:
