@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import store
 from db.models import JobStatus, utcnow
 from producer.contract import JobInput, parse_job_input
+from producer.limits import DEFAULT_LIMITS, Limits
 from worker.retry import with_retries
 from worker.runners.base import Runner
 
@@ -80,8 +81,10 @@ class Batcher:
         on_batch: Callable[[Sequence[store.Outcome], int, float], None] | None = None,
         on_claim: Callable[[list[datetime]], None] | None = None,
         torch_threads: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.runner = runner
+        self.limits = limits
         self.spec = runner.spec
         self.sessions = sessions
         self.worker_name = worker_name
@@ -258,7 +261,7 @@ class Batcher:
         failures: list[store.Outcome] = []
         for claim in claims:
             try:
-                job_input = parse_job_input(self.spec, claim.input)
+                job_input = parse_job_input(self.spec, claim.input, self.limits)
                 tokens = self.runner.estimate_tokens(job_input)
             except Exception as exc:  # an invalid input, or one the runner cannot size: it fails alone
                 failures.append(_failure(claim, exc))
