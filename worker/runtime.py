@@ -30,7 +30,7 @@ from worker import metrics
 from worker.batcher import Batcher
 from worker.runners import create_runner
 from worker.settings import WorkerSettings
-from worker.startup import WorkerStartError, check_limits, wait_for_database
+from worker.startup import check_limits, model_load_error, wait_for_database
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,8 @@ class WorkerRuntime:
             try:
                 self._load_model(name)
             except Exception as exc:
-                self.stop()
-                spec = self.registry.get(name)
-                raise WorkerStartError(
-                    f"model {name!r} (runner {spec.runner}, source {spec.source}) did not load: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+                self.stop()  # the models loaded so far
+                raise model_load_error(self.registry.get(name), exc) from exc
         if self.settings.metrics_port:
             metrics.serve(self.settings.metrics_port)
         # Loading leaves ~460k long-lived objects; frozen, full collections no longer walk them (~220 ms each).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import redis
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from producer.errors import TextqError
 from producer.health import database_problem
 from producer.limits import Limits, recorded_limits
+from producer.registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,16 @@ DATABASE_RETRY_S = 1.0
 class WorkerStartError(TextqError):
     """The worker cannot serve (its database never answered, a served model did not load): it
     exits non-zero with this message instead of saying ready. Fix what the message names."""
+
+
+def model_load_error(spec: ModelSpec, exc: Exception) -> WorkerStartError:
+    """The error a worker stops with when `spec` did not load, naming the model and its source."""
+    source = spec.source or "none"
+    local = spec.source is not None and spec.source.startswith(("/", "./", "../", "~"))
+    missing = f"; {source} does not exist" if local and not Path(source).expanduser().exists() else ""
+    return WorkerStartError(
+        f"model {spec.name!r} (runner {spec.runner}, source {source}) did not load{missing}: {type(exc).__name__}: {exc}"
+    )
 
 
 def wait_for_database(sessions: sessionmaker[Session], url: str, *, wait_s: float) -> None:
@@ -56,4 +68,4 @@ def check_limits(broker: redis.Redis | None, limits: Limits) -> None:
         log.info("limits match the producers': %s", limits)
 
 
-__all__ = ["WorkerStartError", "check_limits", "wait_for_database"]
+__all__ = ["WorkerStartError", "check_limits", "model_load_error", "wait_for_database"]
