@@ -139,9 +139,9 @@ def submit(
     as_json: bool,
 ) -> None:
     """Submit TEXT (or every line of --file) and print the job id(s)."""
+    requests = _json_lines(file) if file is not None else None  # a bad file fails before any connection
     client = _client()
-    if file is not None:
-        requests = _json_lines(file)
+    if requests is not None:
         step = client.settings.jobs_per_message * 8
         ids = []
         for start in tqdm(range(0, len(requests), step), desc="submitting", unit="chunk", disable=None):
