@@ -39,8 +39,7 @@ MAX_JOBS_PER_MESSAGE = 1024
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Format characters (zero-width space, joiners, BOM, ...) and separators draw nothing on their own.
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
-# Letters and marks that render blank: Hangul fillers, Khmer vowel inherents, braille blank,
-# combining grapheme joiner, variation selectors.
+# Letters and marks that render blank (Hangul fillers, braille blank, variation selectors, ...).
 _INVISIBLE_CHARS = frozenset(
     "\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0"
     + "".join(map(chr, range(0xFE00, 0xFE10)))

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -19,10 +18,10 @@ log = logging.getLogger(__name__)
 LIMITS_KEY = "textq.limits"
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(NamedTuple):
     """Input limits checked at submit (producer) and again at claim (worker). Each field is set by
-    the environment variable TEXTQ_<FIELD NAME> (producer.settings)."""
+    the environment variable TEXTQ_<FIELD NAME> (producer.settings). A tuple: built per request,
+    it costs a fraction of a frozen dataclass."""
 
     max_text_chars: int = 20_000
     max_labels: int = 32
@@ -30,20 +29,17 @@ class Limits:
     max_summary_sentences: int = 20
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self._asdict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Limits:
         data: dict[str, Any] = json.loads(raw)
-        return cls(**{f.name: int(data[f.name]) for f in fields(cls) if f.name in data})
+        return cls(**{name: int(data[name]) for name in cls._fields if name in data})
 
     def differences(self, other: Limits) -> list[str]:
         """'name: self vs other' for each limit that differs."""
-        return [
-            f"{f.name}: {getattr(self, f.name)} vs {getattr(other, f.name)}"
-            for f in fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)
-        ]
+        return [f"{name}: {mine} vs {theirs}" for name, mine, theirs in zip(self._fields, self, other, strict=True)
+                if mine != theirs]
 
 
 DEFAULT_LIMITS = Limits()
