@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from producer import Client
-from producer.limits import LIMITS_KEY, Limits, recorded_limits
+from producer.limits import Limits, record_limits, recorded_limits
 from producer.worker_process import READY_MARK, WorkerProcess
 from tests.conftest import TEST_ROOT, Backend, new_backend
 from tests.faults.conftest import free_port
@@ -87,7 +87,7 @@ def test_a_client_records_its_limits_and_a_worker_reports_a_mismatch(sqlite_back
     with Client(database_url=sqlite_backend.database_url, broker_url=sqlite_backend.broker_url) as client:
         assert recorded_limits(broker) == client.settings.limits
     # A producer that accepts longer texts than the worker will: the worker says so at start.
-    broker.set(LIMITS_KEY, Limits(max_text_chars=50_000).to_json())
+    record_limits(broker, Limits(max_text_chars=50_000))
     with WorkerProcess(env=sqlite_backend.env, models=["echo"], name="limits") as worker:
         log = worker.log()
     assert "this worker's limits differ from the producers' (max_text_chars: 20000 vs 50000;" in log
