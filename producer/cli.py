@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,9 @@ from tqdm import tqdm
 
 from producer.contract import JobView
 from producer.errors import TextqError
+from producer.registry import load_registry
+from producer.settings import producer_settings
+from producer.worker_process import worker_command, worker_environment
 
 
 def _client() -> Any:
@@ -62,7 +65,11 @@ def cli(verbose: bool) -> None:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--models", help="Comma-separated models to serve (default: all in the registry).")
 @click.option("--loglevel", default="INFO", show_default=True)
-@click.option("--check", is_flag=True, help="Do not start: exit 0 if a worker on this host answers a ping (health check).")
+@click.option(
+    "--check", is_flag=True,
+    help="Do not start: exit 0 if the broker and database answer and a worker on this host answers a ping "
+         "(health check); otherwise say which does not.",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(models: str | None, loglevel: str, check: bool, celery_args: tuple[str, ...]) -> None:
     """Start a worker that serves MODELS' queues (extra arguments go to `celery worker`).
@@ -71,16 +78,38 @@ def worker(models: str | None, loglevel: str, check: bool, celery_args: tuple[st
     more workers, on this machine or others, against the same Redis and database.
     """
     if check:
-        from producer.operations import local_worker_alive
-
-        if not local_worker_alive(_client()):
-            raise click.ClickException("no worker on this host answered a ping")
+        problem = _worker_problem()
+        if problem is not None:
+            raise click.ClickException(problem)
         click.echo("ok")
         return
-    if models:
-        os.environ["TEXTQ_WORKER_MODELS"] = models
-    args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", "threads", "--loglevel", loglevel]
-    os.execv(sys.executable, [*args, *celery_args])
+    load_registry(producer_settings().models_file)  # a broken models file: one clear error, before the worker
+    argv = worker_command(loglevel=loglevel, extra=celery_args)
+    os.execve(argv[0], argv, worker_environment(os.environ, models=models.split(",") if models else None))
+
+
+def _worker_problem(timeout: float = 2.0) -> str | None:
+    """What keeps this host's worker from serving: the broker, the database, or no worker answering."""
+    from db.engine import session_factory
+    from db.settings import DatabaseSettings
+    from producer.broker import Publisher
+    from producer.health import broker_problem, database_problem
+
+    # Not a Client: a health check is no producer, and must not record its limits for the workers.
+    publisher = Publisher(producer_settings())
+    try:
+        if problem := broker_problem(publisher):
+            return problem
+        url = DatabaseSettings().database_url
+        if problem := database_problem(session_factory(url), url):
+            return problem
+        host = socket.gethostname()
+        replies = publisher.app.control.ping(timeout=timeout) or []
+        if not any(name.endswith(f"@{host}") for reply in replies for name in reply):
+            return f"no worker on this host ({host}) answered a ping within {timeout:g}s; the broker and database answer"
+        return None
+    finally:
+        publisher.close()
 
 
 @cli.command()
@@ -110,9 +139,9 @@ def submit(
     as_json: bool,
 ) -> None:
     """Submit TEXT (or every line of --file) and print the job id(s)."""
+    requests = _json_lines(file) if file is not None else None  # a bad file fails before any connection
     client = _client()
-    if file is not None:
-        requests = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    if requests is not None:
         step = client.settings.jobs_per_message * 8
         ids = []
         for start in tqdm(range(0, len(requests), step), desc="submitting", unit="chunk", disable=None):
@@ -137,6 +166,17 @@ def submit(
         _print_view(view, as_json)
     else:
         click.echo(view.model_dump_json() if as_json else str(view.id))
+
+
+def _json_lines(path: Path) -> list[Any]:
+    requests = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                requests.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise click.ClickException(f"{path} line {number} is not valid JSON: {exc}") from None
+    return requests
 
 
 @cli.command()
@@ -166,9 +206,7 @@ def cancel(job_id: str) -> None:
 @cli.command()
 def models() -> None:
     """List the models in the registry and their queues."""
-    from producer.registry import default_registry
-
-    for spec in default_registry().specs():
+    for spec in load_registry(producer_settings().models_file).specs():
         click.echo(f"{spec.name:<16} {spec.kind:<10} runner={spec.runner:<12} queue={spec.queue} source={spec.source}")
 
 

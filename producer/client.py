@@ -22,8 +22,9 @@ from producer.contract import (
     resolve_model,
 )
 from producer.errors import InvalidJobError, JobNotFoundError, JobTimeoutError
+from producer.limits import record_limits
 from producer.notify import watch_finished
-from producer.registry import Registry, default_registry
+from producer.registry import Registry, load_registry
 from producer.settings import ProducerSettings, producer_settings
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,13 @@ class Client:
             settings = settings.model_copy(update={"broker_url": broker_url})
         self.settings: ProducerSettings = settings
         self.database_url = database_url or DatabaseSettings().database_url
-        self.registry = registry or default_registry()
+        self.registry = registry or load_registry(settings.models_file)
         # Autocommit on PostgreSQL: every write here is one statement (db.engine.make_engine).
         self.engine = shared_engine(self.database_url, autocommit=True)
         self.sessions = session_factory(self.database_url, autocommit=True)
         self.publisher = Publisher(settings)
         self._redis = self.publisher.redis  # finish notifications come over the broker's Redis
+        record_limits(self._redis, settings.limits)  # for workers to compare with theirs at start
 
     # -- submitting -------------------------------------------------------------------------
     def classify(
@@ -120,7 +122,7 @@ class Client:
 
     def _new_job(self, index: int, raw: JobRequestType | dict[str, object], *, multiple: bool) -> store.NewJob:
         try:
-            request = parse_request(raw if isinstance(raw, dict) else raw.model_dump())
+            request = parse_request(raw if isinstance(raw, dict) else raw.model_dump(), self.settings.limits)
             spec = resolve_model(request, self.registry)
         except InvalidJobError as exc:
             if not multiple:

@@ -1,18 +1,22 @@
 """The request/response contract, shared by the producer (validates at submit) and the worker
 (validates again what it reads, since messages and rows can bypass the producer).
 
-Requests are pydantic v2 models; limits come from `ProducerSettings` (env `TEXTQ_*`).
+Requests are pydantic v2 models. Limits are passed in, never read here: `parse_request` and
+`parse_job_input` take a `Limits` (the caller's settings), given to the validators as pydantic's
+validation context; a model built directly (`ClassifyInput(text=...)`) gets `DEFAULT_LIMITS`.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -21,55 +25,89 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
 )
 
 from producer.errors import FieldError, InvalidJobError
+from producer.limits import DEFAULT_LIMITS, Limits
 from producer.registry import DEFAULT_MODEL_FOR, ModelSpec, Registry
-from producer.settings import producer_settings
 
-_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 and C1 controls and DEL; tab, newline and carriage return are text.
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Format characters (zero-width space, joiners, BOM, ...) and separators draw nothing on their own.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+# Letters and marks that render blank (Hangul fillers, braille blank, variation selectors, ...).
+_INVISIBLE_CHARS = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
+# Seconds: a deadline further away than a week is no deadline; omit `timeout` instead.
+MAX_TIMEOUT_S = 7 * 24 * 3600
 
 
-def _check_text(text: str) -> str:
-    limit = producer_settings().max_text_chars
+def _visible(char: str) -> bool:
+    return char not in _INVISIBLE_CHARS and unicodedata.category(char) not in _INVISIBLE_CATEGORIES
+
+
+def _content_problem(text: str) -> str | None:
+    """Why `text` is not acceptable content (text or label), or None."""
     if not text.strip():
-        raise ValueError("must not be empty or only whitespace")
-    if len(text) > limit:
-        raise ValueError(f"is {len(text):,} characters; the limit is {limit:,} (TEXTQ_MAX_TEXT_CHARS)")
+        return "must not be empty or only whitespace"
+    if not any(map(_visible, text)):  # stops at the first visible character
+        invisible = next(c for c in text if not c.isspace())
+        return f"has no visible character (only whitespace and invisible characters such as U+{ord(invisible):04X})"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("contains a lone surrogate; send valid UTF-8 text") from None
+        return "contains a lone surrogate; send valid UTF-8 text"
     bad = _CONTROL_CHARS.search(text)
     if bad:
-        raise ValueError(
-            f"contains control character U+{ord(bad.group()):04X}; only tab, newline and carriage return are allowed"
-        )
+        return f"contains control character U+{ord(bad.group()):04X}; only tab, newline and carriage return are allowed"
+    return None
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    return info.context if isinstance(info.context, Limits) else DEFAULT_LIMITS
+
+
+def _check_text(text: str, info: ValidationInfo) -> str:
+    limit = _limits(info).max_text_chars
+    if len(text) > limit:
+        raise ValueError(f"is {len(text):,} characters; the limit is {limit:,} (TEXTQ_MAX_TEXT_CHARS)")
+    problem = _content_problem(text)
+    if problem:
+        raise ValueError(problem)
     return text
 
 
-def _check_labels(labels: list[str]) -> list[str]:
-    settings = producer_settings()
+def _label_key(label: str) -> str:
+    # Labels that differ only by case, outer whitespace or invisible characters look the same.
+    return "".join(c for c in label if unicodedata.category(c) != "Cf").strip().casefold()
+
+
+def _check_labels(labels: list[str], info: ValidationInfo) -> list[str]:
+    limits = _limits(info)
     if not labels:
         raise ValueError("must list at least one label")
-    if len(labels) > settings.max_labels:
-        raise ValueError(f"has {len(labels)} labels; the limit is {settings.max_labels} (TEXTQ_MAX_LABELS)")
+    if len(labels) > limits.max_labels:
+        raise ValueError(f"has {len(labels)} labels; the limit is {limits.max_labels} (TEXTQ_MAX_LABELS)")
     seen: set[str] = set()
     for label in labels:
-        if not label.strip():
-            raise ValueError("labels must not be empty or only whitespace")
-        if len(label) > settings.max_label_chars:
-            raise ValueError(f"label {label[:20]!r}... is longer than {settings.max_label_chars} characters")
-        _check_text(label)
-        key = label.strip().casefold()
+        if len(label) > limits.max_label_chars:
+            raise ValueError(f"label {label[:20]!r}... is longer than {limits.max_label_chars} characters")
+        problem = _content_problem(label)
+        if problem:
+            raise ValueError(f"label {label[:20]!r} {problem}")
+        key = _label_key(label)
         if key in seen:
             raise ValueError(f"label {label!r} is duplicated; labels must be unique")
         seen.add(key)
     return labels
 
 
-def _check_max_sentences(value: int) -> int:
-    limit = producer_settings().max_summary_sentences
+def _check_max_sentences(value: int, info: ValidationInfo) -> int:
+    limit = _limits(info).max_summary_sentences
     if value > limit:
         raise ValueError(f"must be at most {limit} (TEXTQ_MAX_SUMMARY_SENTENCES)")
     return value
@@ -78,6 +116,8 @@ def _check_max_sentences(value: int) -> int:
 Text = Annotated[str, Strict(), AfterValidator(_check_text)]
 Labels = Annotated[list[Annotated[str, Strict()]], AfterValidator(_check_labels)]
 MaxSentences = Annotated[int, Strict(), Field(ge=1), AfterValidator(_check_max_sentences)]
+# A JSON number of seconds: no strings, no booleans, nothing infinite.
+Timeout = Annotated[float, Strict(), AllowInfNan(False), Field(gt=0, le=MAX_TIMEOUT_S)]
 
 
 class ClassifyInput(BaseModel):
@@ -111,7 +151,9 @@ class JobOptions(BaseModel):
     model: str | None = Field(None, description="registry name; default depends on the task")
     priority: Annotated[int, Strict()] = Field(5, ge=0, le=9, description="0 runs first, 9 last")
     idempotency_key: str | None = Field(None, min_length=1, max_length=255)
-    timeout: float | None = Field(None, gt=0, description="seconds from submit after which the job expires unrun")
+    timeout: Timeout | None = Field(
+        None, description=f"seconds from submit after which the job expires unrun (at most {MAX_TIMEOUT_S}: 7 days)"
+    )
 
 
 class ClassifyRequest(JobOptions, ClassifyInput):
@@ -180,10 +222,10 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     return errors
 
 
-def parse_request(data: Any) -> ClassifyRequest | SummarizeRequest:
-    """A request from untyped data (JSON, CLI), or InvalidJobError naming each bad field."""
+def parse_request(data: Any, limits: Limits) -> ClassifyRequest | SummarizeRequest:
+    """A request from untyped data (JSON, CLI) within `limits`, or InvalidJobError naming each bad field."""
     try:
-        return job_request_adapter.validate_python(data)
+        return job_request_adapter.validate_python(data, context=limits)
     except ValidationError as exc:
         raise InvalidJobError(field_errors(exc)) from None
 
@@ -219,10 +261,10 @@ def job_input_of(request: ClassifyRequest | SummarizeRequest) -> dict[str, Any]:
     return request.model_dump(include=set(fields), exclude_none=True)
 
 
-def parse_job_input(spec: ModelSpec, raw: Any) -> JobInput:
-    """Validate a stored job input for `spec` (worker side), or raise InvalidJobError."""
+def parse_job_input(spec: ModelSpec, raw: Any, limits: Limits) -> JobInput:
+    """Validate a stored job input for `spec` within `limits` (worker side), or raise InvalidJobError."""
     try:
-        job_input = INPUT_OF_TASK[spec.task].model_validate(raw)
+        job_input = INPUT_OF_TASK[spec.task].model_validate(raw, context=limits)
     except ValidationError as exc:
         raise InvalidJobError(field_errors(exc, prefix="input.")) from None
     check_input_fits_model(spec, job_input)

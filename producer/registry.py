@@ -1,8 +1,8 @@
 """The model registry: which models exist, what kind of job each serves, where it loads from.
 
 Pure data, shared by the producer (validation, queue routing) and the worker (loading). Defaults are
-the offline MiniLM models; `TEXTQ_MODELS_FILE` (a JSON list of specs) adds models or overrides
-defaults by name.
+the offline MiniLM models; a models file (`TEXTQ_MODELS_FILE`, a JSON list of specs) adds models or
+overrides defaults by name.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from producer.errors import InvalidJobError
+from producer.errors import InvalidJobError, TextqError
 from producer.settings import producer_settings
 
 # What a model does. classify: fixed labels; zero_shot: labels given per request.
@@ -61,9 +61,7 @@ def queue_name(model: str) -> str:
 
 
 DEFAULT_MODELS: tuple[ModelSpec, ...] = (
-    # Batches of 64: MiniLM's own speed is the same at 32 and 64 (386-404 texts/s on 2 CPU cores),
-    # while what a batch costs around the forward pass (claim, write, notify, and the model thread
-    # waiting for the GIL) is shared by twice the jobs: bulk went from 0.85x to 0.97x raw.
+    # Batches of 64: the model is as fast as at 32, and each batch's fixed costs are shared by more jobs.
     ModelSpec(name="sentiment", kind="classify", runner="prototype", source=MINILM_SOURCE,
               max_batch_size=64, options={"examples": "sentiment"}),
     ModelSpec(name="zero-shot", kind="zero_shot", runner="zero_shot", source=MINILM_SOURCE),
@@ -99,14 +97,65 @@ class Registry:
             ) from None
 
 
-def load_registry(models_file: Path | None = None) -> Registry:
+class ModelsFileError(TextqError, ValueError):
+    """The models file cannot be read or is not a valid list of model specs. Fix the file (named in
+    the message, with each problem) or TEXTQ_MODELS_FILE."""
+
+
+def _specs_in(path: Path) -> list[ModelSpec]:
+    where = f"models file {path} (TEXTQ_MODELS_FILE)"
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ModelsFileError(f"{where} cannot be read: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelsFileError(f"{where} is not valid JSON: {exc}") from None
+    try:
+        specs = _specs_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ModelsFileError(f"{where} has invalid model specs: {_spec_problems(exc, data)}") from None
+    names = [s.name for s in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ModelsFileError(f"{where} names a model more than once: {', '.join(repeated)}")
+    return specs
+
+
+def _spec_problems(exc: ValidationError, data: Any) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        index, *field = err["loc"] or ("file",)
+        entry = data[index] if isinstance(index, int) and isinstance(data, list) else None
+        name = f" ({entry['name']!r})" if isinstance(entry, dict) and isinstance(entry.get("name"), str) else ""
+        where = f"entry {index}{name}" if isinstance(index, int) else "the file"
+        problems.append(f"{where}: {'.'.join(map(str, field)) or 'spec'}: {err['msg']}")
+    return "; ".join(problems)
+
+
+@lru_cache(maxsize=8)
+def load_registry(models_file: Path | None) -> Registry:
+    """The default models, plus or overridden by those in `models_file`; raises ModelsFileError."""
     specs = {s.name: s for s in DEFAULT_MODELS}
-    path = models_file or producer_settings().models_file
-    if path is not None:
-        specs.update({s.name: s for s in _specs_adapter.validate_python(json.loads(Path(path).read_text()))})
+    if models_file is not None:
+        specs.update({s.name: s for s in _specs_in(Path(models_file))})
     return Registry(specs)
 
 
-@lru_cache(maxsize=1)
 def default_registry() -> Registry:
-    return load_registry()
+    """The registry of this process's environment (TEXTQ_MODELS_FILE), for entry points and tools."""
+    return load_registry(producer_settings().models_file)
+
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "DEFAULT_MODEL_FOR",
+    "QUEUE_PREFIX",
+    "ModelKind",
+    "ModelSpec",
+    "ModelsFileError",
+    "Registry",
+    "TaskName",
+    "default_registry",
+    "load_registry",
+    "queue_name",
+]

@@ -1,4 +1,5 @@
-"""Start and stop a textq worker as a child process (for `textq demo`, tests and benchmarks).
+"""The textq worker's command line and environment (one place, used by `textq worker` and here),
+and `WorkerProcess`: a worker as a child process for `textq demo`, tests and benchmarks.
 
 It runs `python -m celery -A worker.app worker` in a fresh interpreter, so the caller never imports
 torch and the models load in the child only.
@@ -12,9 +13,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 READY_MARK = " ready."
+# Read by GNU OpenMP when torch loads it: idle threads sleep sooner and leave the cores to the consumer and database.
+WORKER_OPENMP_ENV = {"GOMP_SPINCOUNT": "10000"}
+
+
+def worker_command(*, pool: str = "threads", loglevel: str = "INFO", extra: Sequence[str] = ()) -> list[str]:
+    """The argv that runs a textq worker (Celery's worker program on textq's app)."""
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", pool, "--loglevel", loglevel, *extra]
+
+
+def worker_environment(base: Mapping[str, str], *, models: Sequence[str] | None = None) -> dict[str, str]:
+    """The environment of a textq worker process: `base` (whose own OpenMP settings win), serving
+    `models` (default: TEXTQ_WORKER_MODELS of `base`, else all)."""
+    env = {**WORKER_OPENMP_ENV, **base}
+    if models:
+        env["TEXTQ_WORKER_MODELS"] = ",".join(models)
+    return env
 
 
 class WorkerProcess:
@@ -27,11 +45,8 @@ class WorkerProcess:
         log_path: Path | None = None,
         name: str = "worker",
     ) -> None:
-        self.env = {**os.environ, **(env or {})}
-        if models:
-            self.env["TEXTQ_WORKER_MODELS"] = ",".join(models)
-        self.args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-P", pool,
-                     "--loglevel", "INFO", "-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"]
+        self.env = worker_environment({**os.environ, **(env or {})}, models=models)
+        self.args = worker_command(pool=pool, extra=["-n", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h"])
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="textq-worker-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -85,3 +100,6 @@ class WorkerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+__all__ = ["READY_MARK", "WorkerProcess", "worker_command", "worker_environment"]

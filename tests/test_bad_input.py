@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from typing import Any
 
 import pytest
@@ -13,7 +15,9 @@ from sqlalchemy import func, select
 from db.engine import session_factory
 from db.models import Job
 from producer import Client, InvalidJobError
-from producer.contract import parse_request
+from producer.contract import MAX_TIMEOUT_S, ClassifyInput, parse_job_input, parse_request
+from producer.limits import DEFAULT_LIMITS, Limits
+from producer.registry import DEFAULT_MODELS
 from tests.conftest import Backend
 
 BAD_REQUESTS: list[tuple[dict[str, Any], str, str]] = [
@@ -49,6 +53,23 @@ BAD_REQUESTS: list[tuple[dict[str, Any], str, str]] = [
     ({"text": "ok", "priority": 10}, "priority", "less than or equal to 9"),
     ({"text": "ok", "priority": "high"}, "priority", "valid integer"),
     ({"text": "ok", "timeout": -1}, "timeout", "greater than 0"),
+    # Strict like priority: a JSON number of seconds, finite and at most a week.
+    ({"text": "ok", "timeout": "10"}, "timeout", "valid number"),
+    ({"text": "ok", "timeout": True}, "timeout", "valid number"),
+    ({"text": "ok", "timeout": float("nan")}, "timeout", "finite number"),
+    ({"text": "ok", "timeout": float("inf")}, "timeout", "finite number"),
+    ({"text": "ok", "timeout": json.loads("1e309")}, "timeout", "finite number"),
+    ({"text": "ok", "timeout": 10**7}, "timeout", f"less than or equal to {MAX_TIMEOUT_S}"),
+    # Text that shows nothing is as empty as no text.
+    ({"text": "\u200b\u200b"}, "text", "no visible character"),
+    ({"text": " \ufeff\u2060 \u200d"}, "text", "no visible character"),
+    ({"text": "\u200c\u00ad\u3164"}, "text", "no visible character"),
+    # C1 controls are control characters too.
+    ({"text": "next \x85 line"}, "text", "control character U+0085"),
+    ({"text": "csi \x9b char"}, "text", "control character U+009B"),
+    ({"text": "ok", "labels": ["sports", "\u200b"]}, "labels", "no visible character"),
+    ({"text": "ok", "labels": ["a\x90b"]}, "labels", "control character U+0090"),
+    ({"text": "ok", "labels": ["sports", "sports\u200b"]}, "labels", "duplicated"),
 ]
 
 
@@ -99,16 +120,21 @@ def test_sdk_helpers_validate_too(client: Client) -> None:
         client.summarize("ok", max_sentences=0)
 
 
+def _shows_something(text: str) -> bool:
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cf", "Zs", "Zl", "Zp", "Cc") for c in text)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
 def test_any_text_is_either_accepted_unchanged_or_refused_with_a_text_error(text: str) -> None:
     try:
-        request = parse_request({"text": text})
+        request = parse_request({"text": text}, DEFAULT_LIMITS)
     except InvalidJobError as exc:
         assert [e.field for e in exc.errors] == ["text"]
         return
     assert request.text == text
-    assert text.strip()
+    assert _shows_something(text)
+    assert not any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in text)
     text.encode("utf-8")
 
 
@@ -116,19 +142,53 @@ def test_any_text_is_either_accepted_unchanged_or_refused_with_a_text_error(text
 @given(st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=40))
 def test_labels_accepted_only_when_unique_nonblank_and_within_limits(labels: list[str]) -> None:
     try:
-        request = parse_request({"text": "ok", "labels": labels})
+        request = parse_request({"text": "ok", "labels": labels}, DEFAULT_LIMITS)
     except InvalidJobError as exc:
         assert [e.field for e in exc.errors] == ["labels"]
         return
     assert request.labels == labels
     assert len({label.strip().casefold() for label in labels}) == len(labels) <= 32
-    assert all(label.strip() for label in labels)
+    assert all(_shows_something(label) for label in labels)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.dictionaries(st.text(max_size=12), st.none() | st.integers() | st.text(max_size=5), max_size=5))
 def test_arbitrary_json_objects_never_crash_the_contract(data: dict[str, Any]) -> None:
     try:
-        parse_request(data)
+        parse_request(data, DEFAULT_LIMITS)
     except InvalidJobError as exc:
         assert exc.errors and all(e.field and e.message for e in exc.errors)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.one_of(st.text(), st.booleans(), st.floats(), st.integers(), st.none()))
+def test_timeout_is_a_finite_positive_number_of_at_most_a_week_or_nothing(timeout: Any) -> None:
+    try:
+        request = parse_request({"text": "ok", "timeout": timeout}, DEFAULT_LIMITS)
+    except InvalidJobError as exc:
+        assert [e.field for e in exc.errors] == ["timeout"]
+        return
+    assert timeout is None or (type(timeout) in (int, float) and 0 < timeout <= MAX_TIMEOUT_S)
+    assert request.timeout == timeout
+
+
+def test_limits_are_the_callers_not_the_environments() -> None:
+    tight = Limits(max_text_chars=10, max_labels=2, max_label_chars=5, max_summary_sentences=2)
+    for data, field, rule in (
+        ({"text": "x" * 11}, "text", "the limit is 10"),
+        ({"text": "ok", "labels": ["a", "b", "c"]}, "labels", "the limit is 2"),
+        ({"text": "ok", "labels": ["sixsix"]}, "labels", "longer than 5"),
+        ({"task": "summarize", "text": "ok", "max_sentences": 3}, "max_sentences", "at most 2"),
+    ):
+        parse_request(data, DEFAULT_LIMITS)  # within the defaults
+        with pytest.raises(InvalidJobError) as info:
+            parse_request(data, tight)
+        assert info.value.errors[0].field == field and rule in str(info.value)
+    loose = Limits(max_text_chars=30_000)
+    assert parse_request({"text": "x" * 25_000}, loose).text == "x" * 25_000
+    # The worker's check of a stored input takes its own limits the same way.
+    sentiment = next(s for s in DEFAULT_MODELS if s.name == "sentiment")
+    assert isinstance(parse_job_input(sentiment, {"text": "x" * 25_000}, loose), ClassifyInput)
+    with pytest.raises(InvalidJobError) as info:
+        parse_job_input(sentiment, {"text": "x" * 25_000}, DEFAULT_LIMITS)
+    assert "input.text: is 25,000 characters; the limit is 20,000" in str(info.value)

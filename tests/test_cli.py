@@ -80,3 +80,35 @@ def test_db_upgrade_is_idempotent(backend: Backend) -> None:
     result = textq("db", "upgrade", env=backend.env)
     assert result.returncode == 0, result.stderr
     assert "is at head" in result.stdout
+
+
+BROKEN_MODELS_FILES = [
+    ("missing", None, "cannot be read: No such file or directory"),
+    ("invalid-json", '[{"name": "m",', "is not valid JSON: Expecting"),
+    ("unknown-field", '[{"name": "m", "kind": "classify", "runner": "null", "colour": "red"}]',
+     "entry 0 ('m'): colour: Extra inputs are not permitted"),
+    ("bad-name", '[{"name": "Bad Name", "kind": "classify", "runner": "null"}]',
+     "entry 0 ('Bad Name'): name: String should match pattern"),
+    ("not-a-list", '{"name": "m"}', "the file: spec: Input should be a valid list"),
+]
+
+
+@pytest.mark.parametrize(("content", "problem"), [b[1:] for b in BROKEN_MODELS_FILES], ids=[b[0] for b in BROKEN_MODELS_FILES])
+def test_a_broken_models_file_is_one_clear_error_in_every_command(tmp_path: Path, content: str | None, problem: str) -> None:
+    path = tmp_path / "models.json"
+    if content is not None:
+        path.write_text(content)
+    for command in (["models"], ["submit", "hello"], ["worker"]):
+        result = textq(*command, env={"TEXTQ_MODELS_FILE": str(path)})
+        assert result.returncode == 1, (command, result.stdout)
+        assert result.stderr.startswith(f"Error: models file {path} (TEXTQ_MODELS_FILE)"), (command, result.stderr)
+        assert problem in result.stderr, (command, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (command, result.stderr)  # no traceback
+
+
+def test_a_bad_line_in_a_bulk_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "jobs.jsonl").write_text('{"text": "fine", "model": "echo"}\n{"text": oops}\n')
+    result = textq("submit", "--file", str(tmp_path / "jobs.jsonl"))
+    assert result.returncode == 1
+    assert f"{tmp_path / 'jobs.jsonl'} line 2 is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -2,35 +2,26 @@
 
 Celery runs the process (start-up, signals, logging, remote control, broker reconnection); jobs
 arrive on one queue per model, read by `worker.consumer.JobConsumer`. JSON only, no result backend:
-the jobs table is the source of truth.
+the jobs table is the source of truth. Importing this module only configures the app; the worker's
+runtime (database, models) starts when the worker starts, before it says ready.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
-
-# Read by GNU OpenMP when torch loads it (worker.consumer imports torch, below). By default an idle
-# OpenMP thread spins ~300,000 times before it sleeps: after every batch that is milliseconds of a
-# core taken from the consumer and the database. 10,000 still bridges the gaps inside a forward
-# pass. Measured on 2 cores, 3 rounds: bulk 277 vs 270 jobs/s, one job per request 168 vs 151.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 from celery import Celery, signals
 from kombu.entity import Queue
 
 from producer.broker import broker_config
-from producer.registry import default_registry
+from producer.errors import TextqError
 from producer.settings import producer_settings
 from worker.consumer import JobConsumer, redis_transport_for
-from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 CELERY_TASKS_QUEUE = "textq.celery"
-
-WorkerSettings().served_models(default_registry().names())  # fail at start on an unknown model
 
 app = Celery("textq")
 app.conf.update(
@@ -39,8 +30,7 @@ app.conf.update(
     worker_pool="threads",
     # No Celery task runs here (see JobConsumer), so one pool thread is enough.
     worker_concurrency=1,
-    # Jobs arrive on the model queues, read by worker.consumer.JobConsumer, not by Celery's task
-    # consumer: it gets a queue of its own that textq never sends to.
+    # Jobs arrive on the model queues, read by JobConsumer: Celery's task consumer gets a queue textq never sends to.
     task_queues=[Queue(CELERY_TASKS_QUEUE)],
     task_default_queue=CELERY_TASKS_QUEUE,
     worker_hijack_root_logger=True,
@@ -51,21 +41,25 @@ app.conf.update(
 
 @signals.after_setup_logger.connect
 def _quiet_per_task_logs(**_: Any) -> None:
-    # "Task received" / "succeeded" lines for every message cost measurable CPU at thousands of
-    # messages a second; the jobs table and the metrics already say what happened to each job.
+    # Per-message "received"/"succeeded" lines cost CPU at thousands of messages a second.
     for name in ("celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-@signals.worker_init.connect
-def _load_models(sender: Any = None, **_: Any) -> None:
-    # The threads pool does not fork: loading here, before consuming, means the first job does not
-    # pay for it. Under prefork this is skipped and each child loads lazily after its fork.
-    pool = str(getattr(sender, "pool_cls", "")).lower()
-    if "thread" in pool or "solo" in pool:
-        from worker.runtime import get_runtime
+@signals.celeryd_after_setup.connect
+def _start_runtime(**_: Any) -> None:
+    """Start the runtime once logging is set up and before the consumer: a worker that cannot serve
+    exits 1 with one line instead of saying ready (the consumer would retry it forever)."""
+    from worker.runtime import get_runtime
 
+    try:
         get_runtime()
+    except (TextqError, ValueError) as exc:  # what the operator must fix, named in the message
+        log.error("worker not started: %s", exc)
+        raise SystemExit(1) from None
+    except Exception:  # a bug: the traceback helps
+        log.exception("worker not started")
+        raise SystemExit(1) from None
 
 
 @signals.worker_shutdown.connect

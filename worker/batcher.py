@@ -29,6 +29,7 @@ from db.models import utcnow
 from db.store import Outcome
 from producer.contract import JobInput, parse_job_input
 from producer.errors import InvalidJobError
+from producer.limits import DEFAULT_LIMITS, Limits
 from worker.retry import Retry, RetryPolicy
 from worker.runners.base import Runner
 
@@ -85,8 +86,10 @@ class Batcher:
         on_claim: Callable[[list[datetime]], None] | None = None,
         on_release: Callable[[Sequence[Outcome]], None] | None = None,
         torch_threads: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.runner = runner
+        self.limits = limits
         self.spec = runner.spec
         self.sessions = sessions
         self.lease = lease
@@ -323,7 +326,7 @@ class Batcher:
             try:
                 if claim.input_error is not None:
                     raise InvalidJobError.single("input", claim.input_error)
-                job_input = parse_job_input(self.spec, claim.input)
+                job_input = parse_job_input(self.spec, claim.input, self.limits)
                 tokens = self.runner.estimate_tokens(job_input)
             except Exception as exc:  # an invalid input, or one the runner cannot size: it fails alone
                 failures.append(_failure(claim, exc))

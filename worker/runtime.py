@@ -25,13 +25,14 @@ from db.models import JobStatus, utcnow
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
 from producer.notify import FinishNotifier
-from producer.registry import Registry, default_registry
-from producer.settings import producer_settings
+from producer.registry import Registry, load_registry
+from producer.settings import ProducerSettings, producer_settings
 from worker import metrics
 from worker.batcher import Batcher
 from worker.delayed_publish import DelayedPublisher
 from worker.runners import create_runner
 from worker.settings import WorkerSettings
+from worker.startup import check_limits, model_load_error, wait_for_database
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,21 @@ class ModelNotServedError(LookupError):
 
 
 class WorkerRuntime:
-    def __init__(self, settings: WorkerSettings | None = None, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings | None = None,
+        registry: Registry | None = None,
+        producer: ProducerSettings | None = None,
+    ) -> None:
         self.settings = settings or WorkerSettings()
-        self.registry = registry or default_registry()
+        producer = producer or producer_settings()
+        self.limits = producer.limits
+        self.registry = registry or load_registry(producer.models_file)
         self.models = self.settings.served_models(self.registry.names())
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.sessions = session_factory(DatabaseSettings().database_url, fast_commits=self.settings.fast_commits)
-        self.publisher = Publisher(producer_settings())
+        self.database_url = DatabaseSettings().database_url
+        self.sessions = session_factory(self.database_url, fast_commits=self.settings.fast_commits)
+        self.publisher = Publisher(producer)
         self._notify_finished = FinishNotifier(self.publisher.redis)  # over the broker's Redis
         self.batchers: dict[str, Batcher] = {}
         self._stop = threading.Event()
@@ -55,37 +64,48 @@ class WorkerRuntime:
         self._retries = DelayedPublisher(self._publish_released)
 
     def start(self) -> None:
+        """Wait for the database, compare limits, load every served model; WorkerStartError (after
+        stopping what did start) if the database never answers or a model does not load."""
+        wait_for_database(self.sessions, self.database_url, wait_s=self.settings.database_wait_s)
+        check_limits(self.publisher.redis, self.limits)
         with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
             torch.set_num_interop_threads(1)
         for name in self.models:
-            started = time.perf_counter()
-            runner = create_runner(self.registry.get(name))
-            batcher = Batcher(
-                runner,
-                self.sessions,
-                worker_name=self.name,
-                lease=timedelta(seconds=self.settings.lease_s),
-                policy=self.settings.retry_policy(),
-                on_batch=partial(self._batch_written, name),
-                on_release=self._schedule_retries,
-                on_claim=partial(metrics.observe_claims, name),
-                torch_threads=self.settings.torch_threads,
-            )
-            batcher.start()  # loads the model in its own thread
-            self.batchers[name] = batcher
-            load_seconds = time.perf_counter() - started
-            metrics.MODEL_LOAD.labels(name).set(load_seconds)
-            log.info("loaded model %s (%s on %s) in %.1fs", name, runner.spec.runner, runner.device, load_seconds)
+            try:
+                self._load_model(name)
+            except Exception as exc:
+                self.stop()  # the models loaded so far
+                raise model_load_error(self.registry.get(name), exc) from exc
         if self.settings.metrics_port:
             metrics.serve(self.settings.metrics_port)
-        # torch, transformers and the loaded models leave ~460k objects for the cyclic garbage
-        # collector, and each full collection walked them all: ~220 ms with every batcher thread
-        # stopped. They live as long as the process, so they move out of its reach for good (after
-        # one last collection, so that no garbage from loading is frozen with them).
+        # Loading leaves ~460k long-lived objects; frozen, full collections no longer walk them (~220 ms each).
         gc.collect()
         gc.freeze()
         self._sweeper.start()
         self._retries.start()
+
+    def _load_model(self, name: str) -> None:
+        spec = self.registry.get(name)
+        log.info("loading model %s (runner %s, source %s)", name, spec.runner, spec.source)
+        started = time.perf_counter()
+        runner = create_runner(spec)
+        batcher = Batcher(
+            runner,
+            self.sessions,
+            worker_name=self.name,
+            lease=timedelta(seconds=self.settings.lease_s),
+            policy=self.settings.retry_policy(),
+            on_batch=partial(self._batch_written, name),
+            on_release=self._schedule_retries,
+            on_claim=partial(metrics.observe_claims, name),
+            torch_threads=self.settings.torch_threads,
+            limits=self.limits,
+        )
+        batcher.start()  # loads the model in its own thread
+        self.batchers[name] = batcher
+        load_seconds = time.perf_counter() - started
+        metrics.MODEL_LOAD.labels(name).set(load_seconds)
+        log.info("loaded model %s (%s on %s) in %.1fs", name, runner.spec.runner, runner.device, load_seconds)
 
     def _batch_written(self, model: str, outcomes: Sequence[store.Outcome], computed: int, seconds: float) -> None:
         metrics.observe_batch(model, outcomes, computed, seconds)
@@ -160,16 +180,24 @@ class WorkerRuntime:
 
 
 _runtime: WorkerRuntime | None = None
+_start_error: Exception | None = None
 _runtime_lock = threading.Lock()
 
 
 def get_runtime() -> WorkerRuntime:
-    """The process's runtime, started on first use (the worker starts it at boot)."""
-    global _runtime
+    """The process's runtime, started on first use (the worker starts it at boot). A start that
+    failed is never tried again: its error is raised again, so nothing loads twice."""
+    global _runtime, _start_error
     with _runtime_lock:
+        if _start_error is not None:
+            raise _start_error
         if _runtime is None:
-            runtime = WorkerRuntime()
-            runtime.start()
+            try:
+                runtime = WorkerRuntime()
+                runtime.start()
+            except Exception as exc:
+                _start_error = exc
+                raise
             _runtime = runtime
         return _runtime
 

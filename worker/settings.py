@@ -32,6 +32,8 @@ class WorkerSettings(BaseSettings):
     fast_commits: bool = True
     # Serve Prometheus metrics on this port (0: off). One port per worker process.
     metrics_port: int = Field(0, ge=0, le=65535)
+    # Seconds a starting worker waits for its database before it exits non-zero (never says ready).
+    database_wait_s: float = Field(30.0, ge=0)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts, backoff_s=self.retry_backoff_s,
