@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +24,15 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _lenient_json_loads(stored: str) -> Any:
+    """SQLite stores any text in a JSON column: text that is not JSON reads back as the text itself, so
+    one hand-written row cannot make every read that touches it fail."""
+    try:
+        return json.loads(stored)
+    except ValueError:
+        return stored
+
+
 def make_engine(url: str | None = None, *, fast_commits: bool = False, autocommit: bool = False) -> Engine:
     """An engine for `url` (default `TEXTQ_DATABASE_URL`; psycopg 3 for PostgreSQL).
 
@@ -34,7 +44,8 @@ def make_engine(url: str | None = None, *, fast_commits: bool = False, autocommi
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+                               json_deserializer=_lenient_json_loads)
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
     options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
