@@ -14,13 +14,15 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 import torch
+from sqlalchemy.orm import Session
 
-from db import store
+from db import store, workers
 from db.engine import session_factory
+from db.models import utcnow
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
 from producer.notify import FinishNotifier
@@ -28,10 +30,14 @@ from producer.registry import Registry, default_registry
 from producer.settings import producer_settings
 from worker import metrics
 from worker.batcher import Batcher
+from worker.heartbeat import Heartbeat, dead_after
 from worker.runners import create_runner
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+# Jobs one sweep re-publishes at most (the rest go in the next sweep).
+SWEEP_LIMIT = 1000
 
 
 class ModelNotServedError(LookupError):
@@ -50,8 +56,16 @@ class WorkerRuntime:
         self.batchers: dict[str, Batcher] = {}
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+        self.heartbeat = Heartbeat(
+            self.sessions,
+            identity=workers.WorkerIdentity(self.name, socket.gethostname(), os.getpid(), tuple(self.models), utcnow()),
+            interval_s=self.settings.heartbeat_interval_s,
+            lease=timedelta(seconds=self.settings.lease_s),
+            jobs_in_hand=self.jobs_in_hand,
+        )
 
     def start(self) -> None:
+        self.heartbeat.start()  # the worker is listed (as starting) from before its models load
         with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
             torch.set_num_interop_threads(1)
         for name in self.models:
@@ -80,6 +94,7 @@ class WorkerRuntime:
         # one last collection, so that no garbage from loading is frozen with them).
         gc.collect()
         gc.freeze()
+        self.heartbeat.state = workers.WorkerState.RUNNING
         self._sweeper.start()
 
     def _batch_written(self, model: str, outcomes: Sequence[store.Outcome], computed: int, seconds: float) -> None:
@@ -95,28 +110,48 @@ class WorkerRuntime:
             raise ModelNotServedError(f"this worker serves {self.models}, not {model!r}")
         batcher.hand_in(job_ids)
 
+    def jobs_in_hand(self) -> int:
+        """Jobs handed to the batchers and not yet written (any thread may ask)."""
+        return sum(batcher.in_hand for batcher in list(self.batchers.values()))
+
     def stop(self) -> None:
         self._stop.set()
+        self.heartbeat.state = workers.WorkerState.DRAINING
         for batcher in self.batchers.values():
             batcher.stop()
+        self.heartbeat.stop()  # only now: the leases of the last batches are renewed while they finish
 
     def sweep_once(self) -> int:
         """Re-publish jobs whose message was lost or whose worker died; returns how many."""
         heads = self._queue_heads()  # Redis round trips, before the transaction opens
         with self.sessions.begin() as session:
             store.expire_overdue_jobs(session)
-            picked = store.jobs_to_republish(
+            waiting_since = {m: None if ids is None else store.earliest_published(session, ids=ids)
+                             for m, ids in heads.items()}
+            picked = self._jobs_of_dead_workers(session, waiting_since)  # first: they are marked published
+            picked += store.jobs_to_republish(
                 session,
                 stale_after=timedelta(seconds=producer_settings().republish_after_s),
-                limit=1000,
-                waiting_since={m: None if ids is None else store.earliest_published(session, ids=ids)
-                               for m, ids in heads.items()},
+                limit=SWEEP_LIMIT,
+                waiting_since=waiting_since,
             )
         # A picked job's message is gone, and it is older than any still waiting: it goes first.
         self.publisher.publish_jobs(picked, front=True)
         if picked:
             log.warning("sweeper re-published %d jobs", len(picked))
         return len(picked)
+
+    def _jobs_of_dead_workers(
+        self, session: Session, waiting_since: dict[str, datetime | None]
+    ) -> list[tuple[uuid.UUID, str, int]]:
+        """Remove the workers that stopped beating; the jobs they held come back at once, without
+        waiting for their leases or for the republish delay (see db.workers.reclaim_dead_workers)."""
+        dead, picked = workers.reclaim_dead_workers(
+            session, silent_for=dead_after(self.settings.heartbeat_interval_s), waiting_since=waiting_since, limit=SWEEP_LIMIT
+        )
+        if dead:
+            log.warning("worker(s) %s stopped beating: re-publishing the %d jobs they held", ", ".join(dead), len(picked))
+        return picked
 
     def _queue_heads(self) -> dict[str, list[uuid.UUID] | None]:
         """For each model whose queue holds messages: job ids from the messages read next (None
