@@ -181,7 +181,11 @@ def get_runtime() -> WorkerRuntime:
     with _runtime_lock:
         if _runtime is None:
             runtime = WorkerRuntime()
-            runtime.start()
+            try:
+                runtime.start()
+            except BaseException:
+                runtime.stop()  # no heartbeat thread nor batcher left behind by a failed start
+                raise
             _runtime = runtime
         return _runtime
 

@@ -27,6 +27,7 @@ from tests.conftest import MODELS_FILE, new_backend
 from tests.faults.conftest import RedisServer
 from tests.faults.report import tally
 from tests.helpers import computed_texts, unique_text, wait_until
+from tests.test_cli import textq
 from worker.settings import WorkerSettings
 
 TUNED_SETTINGS = ("TEXTQ_LEASE_S", "TEXTQ_HEARTBEAT_INTERVAL_S", "TEXTQ_SWEEP_INTERVAL_S", "TEXTQ_REPUBLISH_AFTER_S")
@@ -144,6 +145,11 @@ def _name(process: WorkerProcess) -> str:
     return f"{socket.gethostname()}:{process.pid}"  # the runtime's name for itself, as jobs.worker has it
 
 
+def _in_hand(database_url: str) -> dict[str, int]:
+    with session_factory(database_url)() as session:
+        return {w.name: w.jobs_in_hand for w in workers.list_workers(session)}
+
+
 def _holding_claimed_and_unclaimed(
     database_url: str, ids: list[uuid.UUID], processes: list[WorkerProcess]
 ) -> WorkerProcess | None:
@@ -151,8 +157,7 @@ def _holding_claimed_and_unclaimed(
     jobs = _rows(database_url, ids)
     if not any(j.status == JobStatus.SUCCEEDED for j in jobs):
         return None
-    with session_factory(database_url)() as session:
-        in_hand = {w.name: w.jobs_in_hand for w in workers.list_workers(session)}
+    in_hand = _in_hand(database_url)
     for process in processes:
         running = sum(j.status == JobStatus.RUNNING and j.worker == _name(process) for j in jobs)
         if running and in_hand.get(_name(process), 0) >= running + 4:
@@ -215,6 +220,12 @@ def test_a_job_longer_than_the_lease_is_computed_once(postgres_db: str, private_
         processes = [_default_worker(postgres_db, private_redis.url, "long") for _ in range(2)]
         _start_all(stack, processes)
         job = client.classify(text, model="long")
+        wait_until(lambda: _rows(postgres_db, [job.id])[0].status == JobStatus.RUNNING, what="the long job running")
+        holder = _rows(postgres_db, [job.id])[0].worker
+        wait_until(lambda: _in_hand(postgres_db).get(holder) == 1, what="the holder's heartbeat")
+        status = textq("status", env=processes[0].env)
+        [line] = [line for line in status.stdout.splitlines() if line.startswith(f"{holder} ")]
+        assert "long" in line.split() and line.split()[-2:] == ["1", "running"], status.stdout
         leases: list[datetime] = []
 
         def done() -> bool:
