@@ -195,8 +195,10 @@ def test_kill_9_mid_batch_another_worker_finishes_every_job_within_20_s(postgres
     with session_factory(postgres_db)() as session:  # the survivor has stopped
         listed = [w.name for w in workers.list_workers(session)]
     by_id = {v.id: v for v in views}
-    recovery_s = (max(v.finished_at for v in views) - killed_at).total_seconds()  # type: ignore[type-var]
-    back_s = (min(by_id[i].started_at for i in claimed_by_victim) - killed_at).total_seconds()  # type: ignore[type-var]
+    finished = [v.finished_at for v in views if v.finished_at is not None]
+    claimed_again = [started for i in claimed_by_victim if (started := by_id[i].started_at) is not None]
+    recovery_s = (max(finished) - killed_at).total_seconds()
+    back_s = (min(claimed_again) - killed_at).total_seconds()
     # The victim's claimed jobs are run alone (one of them may have killed it); the rest in batches.
     compute_s = (len(claimed_by_victim) + math.ceil((len(unfinished) - len(claimed_by_victim)) / batch_size)) * batch_s
     print(f"\nkill -9 -> the victim's claimed jobs claimed again: {back_s:.1f}s; -> last job finished: {recovery_s:.1f}s "
@@ -222,6 +224,7 @@ def test_a_job_longer_than_the_lease_is_computed_once(postgres_db: str, private_
         job = client.classify(text, model="long")
         wait_until(lambda: _rows(postgres_db, [job.id])[0].status == JobStatus.RUNNING, what="the long job running")
         holder = _rows(postgres_db, [job.id])[0].worker
+        assert holder is not None
         wait_until(lambda: _in_hand(postgres_db).get(holder) == 1, what="the holder's heartbeat")
         status = textq("status", env=processes[0].env)
         [line] = [line for line in status.stdout.splitlines() if line.startswith(f"{holder} ")]
