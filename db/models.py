@@ -99,3 +99,20 @@ class Job(Base):
             sqlite_where=text("status IN ('queued', 'running')"),
         ),
     )
+
+
+class Worker(Base):
+    """One running worker process. It rewrites its row every heartbeat; a row left unwritten for a
+    few heartbeats is a dead worker, whose jobs the sweepers hand to the living."""
+
+    # A table, not a Redis key with a TTL: it survives a Redis flush, and status and the console list it.
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid, as in jobs.worker
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    models: Mapped[list[str]] = mapped_column(JSONType)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    jobs_in_hand: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16))

@@ -216,11 +216,13 @@ def status(as_json: bool) -> None:
     """Queue depths, workers alive and job counts by status."""
     from dataclasses import asdict
 
+    from pydantic_core import to_jsonable_python
+
     from producer.operations import cluster_status
 
     report = cluster_status(_client())
     if as_json:
-        click.echo(json.dumps(asdict(report), indent=2))
+        click.echo(json.dumps(asdict(report), indent=2, default=to_jsonable_python))
         return
     click.echo(f"{'queue':<24} waiting")
     for name, depth in report.queue_depths.items():
@@ -228,6 +230,11 @@ def status(as_json: bool) -> None:
     click.echo(f"\nworkers alive: {len(report.workers)}")
     for name in report.workers:
         click.echo(f"  {name}")
+    if report.heartbeats:
+        click.echo(f"\n{'worker':<28} {'host':<20} {'pid':>7}  {'models':<24} {'heartbeat':>10}  {'in hand':>7}  state")
+    for w in report.heartbeats:
+        click.echo(f"{w.name:<28} {w.host:<20} {w.pid:>7}  {','.join(w.models):<24} "
+                   f"{w.heartbeat_age_s:>8.1f}s ago {w.jobs_in_hand:>7}  {w.state}")
     click.echo(f"\n{'status':<24} jobs")
     for name, count in sorted(report.jobs_by_status.items()):
         click.echo(f"{name:<24} {count}")

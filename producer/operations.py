@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from db import store
 from db.models import utcnow
 from producer.client import Client
+from producer.workers import WorkerView, worker_views
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -28,6 +29,8 @@ class ClusterStatus:
     queue_depths: dict[str, int]
     workers: list[str]
     jobs_by_status: dict[str, int]
+    # Each worker's last heartbeat, from the workers table (`workers`: those answering a ping).
+    heartbeats: list[WorkerView] = field(default_factory=list)
 
 
 def ping_workers(client: Client, timeout: float = 1.0) -> list[str]:
@@ -45,10 +48,12 @@ def local_worker_alive(client: Client, timeout: float = 2.0) -> bool:
 def cluster_status(client: Client) -> ClusterStatus:
     with client.sessions() as session:
         counts = store.count_by_status(session)
+        heartbeats = worker_views(session)
     return ClusterStatus(
         queue_depths={name: client.publisher.queue_depth(name) for name in client.registry.names()},
         workers=ping_workers(client),
         jobs_by_status=counts,
+        heartbeats=heartbeats,
     )
 
 

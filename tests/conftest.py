@@ -51,6 +51,14 @@ MODELS_FILE.write_text(
                 "options": {"sleep_s": 1.0, "log": str(TEST_ROOT / "slow.log")},
             },
             {
+                # Runs 1.5x the default lease (worker.settings lease_s): only lease renewal keeps it computed once.
+                "name": "long",
+                "kind": "classify",
+                "runner": "tests.runners:EchoRunner",
+                "max_batch_size": 1,
+                "options": {"sleep_s": 15.0, "log": str(TEST_ROOT / "long.log")},
+            },
+            {
                 "name": "poison",
                 "kind": "classify",
                 "runner": "tests.runners:PoisonRunner",

@@ -137,6 +137,11 @@ class Batcher:
         with self._room:
             return self._room.wait_for(lambda: self._in_hand == 0, timeout)
 
+    @property
+    def in_hand(self) -> int:
+        """Jobs handed in and not yet written, claimed or not (the worker's heartbeat reports it)."""
+        return self._in_hand
+
     def stop(self, timeout: float = 120.0) -> None:
         """Finish and write everything handed in, then end the claimer, batcher and writer threads."""
         self._inbox.put(None)

@@ -14,12 +14,13 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 import torch
+from sqlalchemy.orm import Session
 
-from db import store
+from db import store, workers
 from db.engine import session_factory
 from db.models import JobStatus, utcnow
 from db.settings import DatabaseSettings
@@ -30,11 +31,15 @@ from producer.settings import ProducerSettings, producer_settings
 from worker import metrics
 from worker.batcher import Batcher
 from worker.delayed_publish import DelayedPublisher
+from worker.heartbeat import Heartbeat, dead_after
 from worker.runners import create_runner
 from worker.settings import WorkerSettings
 from worker.startup import check_limits, model_load_error, wait_for_database
 
 log = logging.getLogger(__name__)
+
+# Jobs one sweep re-publishes at most (the rest go in the next sweep).
+SWEEP_LIMIT = 1000
 
 
 class ModelNotServedError(LookupError):
@@ -62,12 +67,20 @@ class WorkerRuntime:
         self._stop = threading.Event()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
         self._retries = DelayedPublisher(self._publish_released)
+        self.heartbeat = Heartbeat(
+            self.sessions,
+            identity=workers.WorkerIdentity(self.name, socket.gethostname(), os.getpid(), tuple(self.models), utcnow()),
+            interval_s=self.settings.heartbeat_interval_s,
+            lease=timedelta(seconds=self.settings.lease_s),
+            jobs_in_hand=self.jobs_in_hand,
+        )
 
     def start(self) -> None:
         """Wait for the database, compare limits, load every served model; WorkerStartError (after
         stopping what did start) if the database never answers or a model does not load."""
         wait_for_database(self.sessions, self.database_url, wait_s=self.settings.database_wait_s)
         check_limits(self.publisher.redis, self.limits)
+        self.heartbeat.start()  # listed (as starting) from before the models load
         with contextlib.suppress(RuntimeError):  # only settable before torch's first parallel work
             torch.set_num_interop_threads(1)
         for name in self.models:
@@ -81,6 +94,7 @@ class WorkerRuntime:
         # Loading leaves ~460k long-lived objects; frozen, full collections no longer walk them (~220 ms each).
         gc.collect()
         gc.freeze()
+        self.heartbeat.state = workers.WorkerState.RUNNING
         self._sweeper.start()
         self._retries.start()
 
@@ -130,11 +144,17 @@ class WorkerRuntime:
             raise ModelNotServedError(f"this worker serves {self.models}, not {model!r}")
         batcher.hand_in(job_ids)
 
+    def jobs_in_hand(self) -> int:
+        """Jobs handed to the batchers and not yet written (any thread may ask)."""
+        return sum(batcher.in_hand for batcher in list(self.batchers.values()))
+
     def stop(self) -> None:
         self._stop.set()
+        self.heartbeat.state = workers.WorkerState.DRAINING
         for batcher in self.batchers.values():
             batcher.stop()
         self._retries.stop()
+        self.heartbeat.stop()  # only now: the leases of the last batches are renewed while they finish
 
     def sweep_once(self) -> int:
         """Re-publish jobs whose message was lost or whose worker died, and end queued jobs of models
@@ -143,15 +163,17 @@ class WorkerRuntime:
         stale_after = timedelta(seconds=producer_settings().republish_after_s)
         with self.sessions.begin() as session:
             store.expire_overdue_jobs(session)
+            waiting_since = {m: None if ids is None else store.earliest_published(session, ids=ids)
+                             for m, ids in heads.items()}
             # Only after a republish period: a producer with a newer models file may know the model already.
             unknown = store.fail_unknown_model_jobs(session, known_models=self.registry.names(),
                                                     created_before=utcnow() - stale_after)
-            picked = store.jobs_to_republish(
+            picked = self._jobs_of_dead_workers(session, waiting_since)  # first: they are marked published
+            picked += store.jobs_to_republish(
                 session,
                 stale_after=stale_after,
-                limit=1000,
-                waiting_since={m: None if ids is None else store.earliest_published(session, ids=ids)
-                               for m, ids in heads.items()},
+                limit=SWEEP_LIMIT,
+                waiting_since=waiting_since,
             )
         if unknown:
             log.warning("sweeper failed %d queued jobs of models not in the registry", unknown)
@@ -160,6 +182,18 @@ class WorkerRuntime:
         if picked:
             log.warning("sweeper re-published %d jobs", len(picked))
         return len(picked)
+
+    def _jobs_of_dead_workers(
+        self, session: Session, waiting_since: dict[str, datetime | None]
+    ) -> list[tuple[uuid.UUID, str, int]]:
+        """Remove the workers that stopped beating; the jobs they held come back at once, without
+        waiting for their leases or for the republish delay (see db.workers.reclaim_dead_workers)."""
+        dead, picked = workers.reclaim_dead_workers(
+            session, silent_for=dead_after(self.settings.heartbeat_interval_s), waiting_since=waiting_since, limit=SWEEP_LIMIT
+        )
+        if dead:
+            log.warning("worker(s) %s stopped beating: re-publishing the %d jobs they held", ", ".join(dead), len(picked))
+        return picked
 
     def _queue_heads(self) -> dict[str, list[uuid.UUID] | None]:
         """For each model whose queue holds messages: job ids from the messages read next (None

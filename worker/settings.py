@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.retry import RetryPolicy
@@ -17,13 +17,17 @@ class WorkerSettings(BaseSettings):
 
     # Comma-separated model names this worker serves; empty means every model in the registry.
     worker_models: str = ""
-    # How long a claim protects a running job; past it another worker may take the job over.
-    lease_s: float = Field(300.0, gt=0)
+    # How long a claim protects a running job unless renewed; a live worker renews its claims every
+    # heartbeat, so this bounds only how long a dead worker's jobs wait (worker/heartbeat.py).
+    lease_s: float = Field(10.0, gt=0)
+    # How often a worker writes its row in the workers table and renews its leases.
+    heartbeat_interval_s: float = Field(2.0, gt=0)
     # The retry policy (worker.retry): tries per job, and the backoff of a job released for a retry.
     max_attempts: int = Field(_DEFAULT_POLICY.max_attempts, ge=1)
     retry_backoff_s: float = Field(_DEFAULT_POLICY.backoff_s, ge=0)
     retry_backoff_max_s: float = Field(_DEFAULT_POLICY.max_backoff_s, ge=0)
-    sweep_interval_s: float = Field(10.0, gt=0)
+    # How often the sweeper looks for lost messages and dead workers.
+    sweep_interval_s: float = Field(2.0, gt=0)
     # torch intra-op threads; default: every core. One batcher runs at a time per model, so
     # intra-op parallelism is where the cores go (inter-op threads stay at 1).
     torch_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
@@ -38,6 +42,15 @@ class WorkerSettings(BaseSettings):
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts, backoff_s=self.retry_backoff_s,
                            max_backoff_s=self.retry_backoff_max_s)
+
+    @model_validator(mode="after")
+    def _leases_outlast_a_heartbeat(self) -> WorkerSettings:
+        if self.lease_s <= self.heartbeat_interval_s:
+            raise ValueError(
+                f"TEXTQ_LEASE_S ({self.lease_s:g}) must be longer than TEXTQ_HEARTBEAT_INTERVAL_S "
+                f"({self.heartbeat_interval_s:g}): leases are renewed every heartbeat"
+            )
+        return self
 
     def served_models(self, available: list[str]) -> list[str]:
         if not self.worker_models.strip():
