@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import build_tiny_models, create_postgres_database, drop_postgres_database, fresh_redis_db
+from tests.services import build_tiny_models, create_postgres_database, drop_postgres_database, fresh_redis_db, release_redis_db
 
 # Before any textq import reads settings: test models live in a per-session folder.
 TEST_ROOT = Path(tempfile.mkdtemp(prefix="textq-tests-"))
@@ -125,16 +125,21 @@ def new_backend(kind: str, name: str) -> Iterator[Backend]:
     from db.engine import shared_engine
 
     broker_url = fresh_redis_db()
-    if kind == "sqlite":
-        url = f"sqlite:///{TEST_ROOT / f'{name}-{uuid.uuid4().hex[:8]}.db'}"
-        upgrade(url)
-        yield Backend(kind, url, broker_url)
-        return
-    url, db_name = create_postgres_database()
-    upgrade(url)
-    yield Backend(kind, url, broker_url)
-    shared_engine.cache_clear()
-    drop_postgres_database(db_name)
+    try:
+        if kind == "sqlite":
+            url = f"sqlite:///{TEST_ROOT / f'{name}-{uuid.uuid4().hex[:8]}.db'}"
+            upgrade(url)
+            yield Backend(kind, url, broker_url)
+            return
+        url, db_name = create_postgres_database()
+        try:
+            upgrade(url)
+            yield Backend(kind, url, broker_url)
+        finally:
+            shared_engine.cache_clear()
+            drop_postgres_database(db_name)
+    finally:
+        release_redis_db(broker_url)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -8,8 +8,10 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 import pytest
 import redis
@@ -26,21 +28,36 @@ def service_missing(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
-_held_locks: list[object] = []
+_held_locks: dict[int, IO[str]] = {}
+REDIS_DB_WAIT_S = 120.0
 
 
 def claim_redis_db() -> int:
-    """A Redis database number (2-15) no other test run on this machine is using right now."""
-    for db in range(2, 16):
-        handle = open(f"{tempfile.gettempdir()}/textq-test-redis-db-{db}.lock", "w")  # noqa: SIM115
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            continue
-        _held_locks.append(handle)  # held until this test process exits
-        return db
-    raise RuntimeError("no free Redis database 2-15 for tests")
+    """A Redis database number (2-15) no other test run on this machine is using right now; waits
+    for one to be released when all are taken (other runs on the machine hold them)."""
+    deadline = time.monotonic() + REDIS_DB_WAIT_S
+    while True:
+        for db in range(2, 16):
+            if db in _held_locks:
+                continue
+            handle = open(f"{tempfile.gettempdir()}/textq-test-redis-db-{db}.lock", "w")  # noqa: SIM115
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                continue
+            _held_locks[db] = handle  # until release_redis_db, or until this process exits
+            return db
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no free Redis database 2-15 for tests after {REDIS_DB_WAIT_S:g}s")
+        time.sleep(0.5)
+
+
+def release_redis_db(url: str) -> None:
+    """Give back the database of a `fresh_redis_db` URL to other tests and test runs."""
+    handle = _held_locks.pop(int(url.rsplit("/", 1)[1]), None)
+    if handle is not None:
+        handle.close()
 
 
 def fresh_redis_db() -> str:
@@ -51,6 +68,7 @@ def fresh_redis_db() -> str:
         client.flushdb()
         client.close()
     except (redis.RedisError, OSError) as exc:
+        release_redis_db(url)
         service_missing("Redis", exc)
     return url
 

@@ -13,7 +13,9 @@ from tests.helpers import computed_texts, unique_text, wait_until
 
 
 def test_cancelled_queued_job_is_never_computed(worker: WorkerProcess, client: Client) -> None:
-    backlog = client.submit_many([{"text": unique_text("backlog"), "model": "slow"} for _ in range(8)])
+    # Three batches of 4 are in the pipeline at once (computing, waiting, claimed ahead): the victim,
+    # 13th, is claimed only after the first batch's second of compute, long after the cancel.
+    backlog = client.submit_many([{"text": unique_text("backlog"), "model": "slow"} for _ in range(12)])
     victim_text = unique_text("cancel-queued")
     victim = client.classify(victim_text, model="slow")
     assert client.cancel(victim.id).status == "cancelled"
