@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field, SecretStr, TypeAdapter, field_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -135,6 +135,7 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
             the_client.close()
 
     app = FastAPI(title="textq", summary="NLP jobs behind a queue", version="1", lifespan=lifespan)
+    app.state.waiter = waiter  # its `waiting` count tells operators and tests how many jobs are waited for
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(InvalidJobError, _invalid_job)
     app.add_exception_handler(RequestValidationError, _invalid_request)
@@ -403,9 +404,9 @@ def _job_routes(client: Client, waiter: FinishWaiter) -> APIRouter:
     @router.get("", response_model=JobPage, responses={422: {"model": ErrorBody}})
     async def list_jobs(
         status: JobStatus | None = None,
-        model: str | None = None,
+        model: Annotated[str | None, AfterValidator(_no_nul)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        before: Annotated[datetime | None, Query(description="only jobs created before this time (ISO 8601)")] = None,
+        before: Annotated[QueryTime | None, Query(description="only jobs created before this time (ISO 8601, zoned)")] = None,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
     ) -> JobPage:
         """Jobs newest first, filtered by status and model, `limit` per page."""
@@ -512,14 +513,39 @@ async def _unless_disconnected(request: Request, work: Callable[[], Awaitable[T]
             pass
         scope.cancel()
 
+    failure: Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(until_disconnected, group.cancel_scope)
-        result = await work()
+        try:
+            result = await work()
+        except Exception as exc:  # raised after the group, not wrapped in an ExceptionGroup (404, 503)
+            failure = exc
         group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     return result
 
 
 # -- pagination -----------------------------------------------------------------------------------
+MAX_CURSOR_SKIP = 1_000_000  # beyond any batch; a larger number would overflow a SQL LIMIT
+
+
+def _in_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("needs a time zone (e.g. 2024-05-01T12:00:00Z)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of the range of dates") from None
+
+
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+QueryTime = Annotated[datetime, AfterValidator(_in_utc)]
 # A batch's jobs share one created_at, so "created before the last row" would skip the rest of a
 # batch cut by a page boundary. The cursor is therefore (t, n): jobs created at or before t,
 # skipping the first n of them (the n already shown that were created exactly at t).
@@ -547,8 +573,12 @@ def _encode_cursor(created_at: datetime, skip: int) -> str:
 def _decode_cursor(cursor: str) -> _Start:
     try:
         stamp, skip = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(stamp), int(skip)
-    except (ValueError, UnicodeDecodeError):
+        created_at, count = _in_utc(datetime.fromisoformat(stamp)), int(skip)
+        # _page adds 1 µs to the time; a LIMIT of skip + limit must fit SQL's integers.
+        if created_at.replace(tzinfo=None) == datetime.max or not 0 <= count <= MAX_CURSOR_SKIP:
+            raise ValueError("out of range")
+        return created_at, count
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise InvalidJobError.single("cursor", "is not a cursor this API returned (use next_cursor as given)") from None
 
 

@@ -57,11 +57,9 @@ class FinishWaiter:
     async def wait(self, job_id: uuid.UUID, read: Callable[[], JobView], timeout: float) -> JobView:
         """The job once it is finished, or as it is after `timeout` s; `read` reads its row (blocking)."""
         deadline = anyio.current_time() + timeout
-        view = await anyio.to_thread.run_sync(read)
-        if view.done or timeout <= 0:
-            return view
+        # Watched before the first read, so that a finish between the two is not missed.
         async with self._watching(job_id) as finished:
-            view = await anyio.to_thread.run_sync(read)  # it may have finished before the subscription
+            view = await anyio.to_thread.run_sync(read)
             while not view.done and (left := deadline - anyio.current_time()) > 0:
                 with anyio.move_on_after(left):
                     await finished.wait()
