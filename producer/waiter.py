@@ -18,6 +18,8 @@ import anyio
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from producer.contract import JobView
 from producer.notify import CHANNEL_PREFIX, channel
@@ -108,8 +110,10 @@ class FinishWaiter:
             return
         self._tasks.append(asyncio.create_task(self._recheck(), name="textq-wait-recheck"))
         try:
-            self._redis = aioredis.Redis.from_url(
-                self._broker_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+            # No retries inside redis-py: a waiter's subscribe must fail at once, never stall its wait;
+            # the listener reconnects by itself.
+            self._redis = aioredis.Redis.from_url(self._broker_url, socket_timeout=REDIS_TIMEOUT_S,
+                                                  socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
         except ValueError:  # not a Redis broker: no notifications, the re-reads alone wake waiters
             log.info("broker is not Redis: long polls re-read jobs every %gs", self._recheck_s)
             return
@@ -169,7 +173,8 @@ class FinishWaiter:
 
     async def _subscribe(self, job_id: uuid.UUID) -> None:
         pubsub = self._pubsub
-        if pubsub is None or job_id in self._subscribed:  # (re)connecting subscribes every waited job
+        # Only on a live connection (never connect here); (re)connecting subscribes every waited job.
+        if pubsub is None or pubsub.connection is None or not pubsub.connection.is_connected or job_id in self._subscribed:
             return
         self._subscribed.add(job_id)
         with suppress(redis.RedisError, OSError):  # the listener sees the broken connection and reconnects

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 
 from producer import Client
 from producer.gateway import GatewaySettings, create_app
-from producer.notify import channel
+from producer.notify import FinishNotifier, channel, redis_for
 from producer.worker_process import WorkerProcess
 from tests.conftest import Backend
 from tests.helpers import unique_text, wait_until
@@ -198,6 +198,37 @@ def test_waits_answer_without_redis(isolated_backend: Backend) -> None:
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
     assert elapsed < 5
+
+
+def test_a_wait_outlives_a_lost_listener_connection(isolated_backend: Backend) -> None:
+    """The listener's Redis connection is killed mid-wait: it reconnects, subscribes again, and the
+    finish notification still ends the wait (re-reads every 30 s only, so it was the notification)."""
+    broker_url = isolated_backend.broker_url
+    with Client(database_url=isolated_backend.database_url, broker_url=broker_url) as client:
+        app = create_app(client, GatewaySettings(keys=[KEY], wait_recheck_s=30))
+        job_id = str(client.submit({"text": unique_text(), "model": "echo"}).id)
+        finished: list[float] = []
+
+        def kill_listener_then_finish() -> None:
+            wait_until(lambda: _subscribers(broker_url, [job_id]) == 1, 10, "the wait to subscribe")
+            admin = redis.Redis.from_url(broker_url)
+            db = admin.connection_pool.connection_kwargs.get("db", 0)
+            [listener] = [c for c in admin.client_list() if int(c["db"]) == db and int(c["sub"]) > 0]
+            admin.client_kill_filter(_id=listener["id"])
+            admin.close()
+            wait_until(lambda: _subscribers(broker_url, [job_id]) == 1, 10, "the listener to subscribe again")
+            client.cancel(job_id)
+            FinishNotifier(redis_for(broker_url))([uuid.UUID(job_id)])
+            finished.append(time.monotonic())
+
+        helper = threading.Thread(target=kill_listener_then_finish)
+        with TestClient(app, headers=AUTH) as http:
+            helper.start()
+            response = http.get(f"/v1/jobs/{job_id}", params={"wait": 20})
+            answered = time.monotonic()
+        helper.join()
+    assert response.json()["status"] == "cancelled"
+    assert finished and answered - finished[0] < 1.0
 
 
 @pytest.mark.parametrize("wait", ["-1", "61", "nan", "inf", "soon"])
