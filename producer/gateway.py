@@ -393,8 +393,7 @@ def _job_routes(client: Client, waiter: FinishWaiter) -> APIRouter:
             return refused
         jobs, batch = _jobs_of(_parse_json(await request.body()))
         if batch:
-            views = await blocking(partial(client.submit_many, jobs, idempotency_key=idempotency_key))
-            return views
+            return await blocking(partial(client.submit_many, jobs, idempotency_key=idempotency_key))
         if idempotency_key is not None:
             jobs = [_with_key(jobs[0], idempotency_key)]
         views = await blocking(partial(client.submit_many, jobs))
@@ -499,9 +498,10 @@ def _job_uuid(job_id: str) -> uuid.UUID:
 
 
 def _finished_among(sessions: sessionmaker[Session], ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of the waited jobs are finished: the waiter's re-read, in chunks of 500 ids."""
     with sessions() as session:
-        return {job.id for start in range(0, len(ids), 500) for job in store.get_jobs(session, ids=ids[start:start + 500])
-                if job.status in FINISHED_STATUSES}
+        chunks = [store.get_jobs(session, ids=ids[start:start + 500]) for start in range(0, len(ids), 500)]
+        return {job.id for chunk in chunks for job in chunk if job.status in FINISHED_STATUSES}
 
 
 async def _unless_disconnected(request: Request, work: Callable[[], Awaitable[T]]) -> T | None:
@@ -546,6 +546,7 @@ def _no_nul(value: str | None) -> str | None:
 
 
 QueryTime = Annotated[datetime, AfterValidator(_in_utc)]
+
 # A batch's jobs share one created_at, so "created before the last row" would skip the rest of a
 # batch cut by a page boundary. The cursor is therefore (t, n): jobs created at or before t,
 # skipping the first n of them (the n already shown that were created exactly at t).
