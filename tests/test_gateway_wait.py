@@ -31,7 +31,7 @@ from tests.helpers import unique_text, wait_until
 
 KEY = "wait-key-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {KEY}"}
-MARGIN_S = 1.0  # what a wait may take beyond its S on a loaded 2-core machine
+MARGIN_S = 0.5
 
 
 @contextmanager
@@ -96,8 +96,9 @@ def _client(base_url: str) -> httpx.AsyncClient:
 
 
 def test_hundreds_of_waits_each_answer_within_their_wait(isolated_backend: Backend, tmp_path: Path) -> None:
-    """300 concurrent `wait=2` and `wait=3` on jobs that stay queued. Each may take S plus what the
-    same burst of plain reads takes on this machine (measured first), plus a margin."""
+    """300 concurrent `wait=2` and `wait=3` on jobs that stay queued. Each may take S, plus the time
+    that the same burst of plain reads takes on this machine (measured first; x1.5: a wait reads its
+    row twice, at its start and its end), plus a margin. Before, they queued behind 32 threads."""
     queued = _submit_queued(isolated_backend, 300)
     with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
         finished = str(client.cancel(_submit_queued(isolated_backend, 1)[0]).id)
@@ -120,10 +121,11 @@ def test_hundreds_of_waits_each_answer_within_their_wait(isolated_backend: Backe
     print(f"\n300 concurrent plain reads: slowest {burst:.2f}s. 300 concurrent waits: slowest wait=2 answered after "
           f"{slowest[2.0]:.2f}s, wait=3 after {slowest[3.0]:.2f}s; wait=1 on a finished job meanwhile after "
           f"{finished_latency * 1000:.0f} ms")
-    assert finished_latency < 0.5
+    # Well under a second although it queues for a thread behind the last waits' first reads (before: ~S).
+    assert finished_latency < 1.0
     for wait, latency, job in results:
         assert job["status"] == "queued"
-        assert wait - 0.05 <= latency <= wait + burst + MARGIN_S, (wait, latency, burst)
+        assert wait - 0.05 <= latency <= wait + 1.5 * burst + MARGIN_S, (wait, latency, burst)
 
 
 def test_a_wait_wakes_on_the_finish_notification(worker: WorkerProcess, backend: Backend, tmp_path: Path) -> None:
