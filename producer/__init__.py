@@ -3,6 +3,7 @@
 from producer.client import Client
 from producer.contract import ClassifyRequest, JobView, SummarizeRequest
 from producer.errors import (
+    IdempotencyConflictError,
     InvalidJobError,
     JobNotFoundError,
     JobTimeoutError,
@@ -13,6 +14,7 @@ from producer.registry import ModelSpec
 __all__ = [
     "ClassifyRequest",
     "Client",
+    "IdempotencyConflictError",
     "InvalidJobError",
     "JobNotFoundError",
     "JobTimeoutError",

@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
+
+from sqlalchemy import Connection
 
 from db import store
 from db.engine import session_factory, shared_engine
@@ -17,11 +21,12 @@ from producer.contract import (
     ClassifyRequest,
     JobView,
     SummarizeRequest,
+    batch_job_keys,
     job_input_of,
     parse_request,
     resolve_model,
 )
-from producer.errors import InvalidJobError, JobNotFoundError, JobTimeoutError
+from producer.errors import FieldError, IdempotencyConflictError, InvalidJobError, JobNotFoundError, JobTimeoutError
 from producer.limits import record_limits
 from producer.notify import watch_finished
 from producer.registry import Registry, load_registry
@@ -95,11 +100,18 @@ class Client:
     def submit(self, request: JobRequestType | dict[str, object]) -> JobView:
         return self.submit_many([request])[0]
 
-    def submit_many(self, requests: Sequence[JobRequestType | dict[str, object]]) -> list[JobView]:
+    def submit_many(
+        self, requests: Sequence[JobRequestType | dict[str, object]], *, idempotency_key: str | None = None
+    ) -> list[JobView]:
         """Validate every request, insert all rows in one transaction, then publish them in chunks.
 
         Any invalid request fails the whole call with InvalidJobError (the index is in the field
         name) and nothing is written or enqueued.
+
+        `idempotency_key` keys the whole batch (its requests then carry none): the same key again
+        returns the same jobs. Batch keys and single jobs' keys never collide. A key (the batch's
+        or a request's own) used before for a different request (model, task, input or priority;
+        the timeout may differ) raises IdempotencyConflictError, and nothing is written.
         """
         if len(requests) > self.settings.max_jobs_per_submit:
             raise InvalidJobError.single(
@@ -108,8 +120,12 @@ class Client:
                 "(TEXTQ_MAX_JOBS_PER_SUBMIT)",
             )
         new_jobs = [self._new_job(i, r, multiple=len(requests) > 1) for i, r in enumerate(requests)]
-        with self.engine.begin() as connection:
-            ids = store.create_jobs(connection, jobs=new_jobs)
+        if idempotency_key is not None:
+            new_jobs = _keyed_batch(new_jobs, idempotency_key)
+        with self._insert_transaction(new_jobs) as connection:
+            stored = store.create_or_get_jobs(connection, jobs=new_jobs)
+            _refuse_reused_keys(new_jobs, stored, idempotency_key)  # raising rolls the batch back
+        ids = [job.id for job in stored]
         # Jobs found by their idempotency key (an id other than the new one) were published before.
         fresh = [(job.id, job.model, job.priority) for job, job_id in zip(new_jobs, ids, strict=True) if job_id == job.id]
         try:
@@ -119,6 +135,19 @@ class Client:
         # New rows are known without reading them back; only jobs found by key are read.
         earlier = {v.id: v for v in self.get_many([i for job, i in zip(new_jobs, ids, strict=True) if i != job.id])}
         return [earlier.get(job_id) or _queued_view(job) for job, job_id in zip(new_jobs, ids, strict=True)]
+
+    @contextmanager
+    def _insert_transaction(self, jobs: Sequence[store.NewJob]) -> Iterator[Connection]:
+        """A transaction for the insert. The producer's PostgreSQL engine autocommits each statement;
+        a keyed batch gets a real transaction, so that a key found reused rolls back its new rows too."""
+        keyed = len(jobs) > 1 and any(job.idempotency_key is not None for job in jobs)
+        if not keyed or self.engine.dialect.name != "postgresql":
+            with self.engine.begin() as connection:
+                yield connection
+            return
+        with self.engine.connect() as connection, \
+                connection.execution_options(isolation_level="READ COMMITTED").begin():
+            yield connection
 
     def _new_job(self, index: int, raw: JobRequestType | dict[str, object], *, multiple: bool) -> store.NewJob:
         try:
@@ -205,6 +234,27 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _keyed_batch(jobs: list[store.NewJob], key: str) -> list[store.NewJob]:
+    own = [FieldError(f"requests[{i}].idempotency_key", "give the batch's idempotency_key or the requests' own, not both")
+           for i, job in enumerate(jobs) if job.idempotency_key is not None]
+    if own:
+        raise InvalidJobError(own)
+    return [replace(job, idempotency_key=job_key) for job, job_key in zip(jobs, batch_job_keys(key, len(jobs)), strict=True)]
+
+
+def _refuse_reused_keys(jobs: Sequence[store.NewJob], stored: Sequence[store.NewJob], batch_key: str | None) -> None:
+    """IdempotencyConflictError if a job found by its key is not the same request (the timeout aside)."""
+    for index, (job, earlier) in enumerate(zip(jobs, stored, strict=True)):
+        differs = [name for name in ("model", "task", "input", "priority") if getattr(job, name) != getattr(earlier, name)]
+        if earlier.id == job.id or not differs:
+            continue
+        which = f" (job {index} of the batch)" if batch_key is not None else f" (requests[{index}])" if len(jobs) > 1 else ""
+        raise IdempotencyConflictError(
+            batch_key or job.idempotency_key or "",
+            f"its {', '.join(differs)} {'differs' if len(differs) == 1 else 'differ'}{which}; send a new key for a new request",
+        )
 
 
 def _queued_view(job: store.NewJob) -> JobView:

@@ -143,6 +143,37 @@ INPUT_OF_TASK: dict[str, type[ClassifyInput] | type[SummarizeInput]] = {
 }
 
 
+MAX_IDEMPOTENCY_KEY_CHARS = 255  # the jobs.idempotency_key column
+# A batch keyed K stores its jobs under K + separator + index. Single keys cannot contain it (no
+# control character is allowed in a key), so the two namespaces never meet.
+BATCH_KEY_SEPARATOR = "\x1f"
+_KEY_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _check_idempotency_key(key: str) -> str:
+    bad = _KEY_CONTROL_CHARS.search(key)
+    if bad:
+        raise ValueError(f"contains control character U+{ord(bad.group()):04X}; a key is printable text")
+    return key
+
+
+IdempotencyKey = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS),
+                           AfterValidator(_check_idempotency_key)]
+
+
+def batch_job_keys(key: str, count: int) -> list[str]:
+    """The keys of a batch of `count` jobs submitted with `key`, or InvalidJobError if it is not a key."""
+    try:
+        _idempotency_key_adapter.validate_python(key)
+    except ValidationError as exc:
+        raise InvalidJobError([FieldError("idempotency_key", e.message) for e in field_errors(exc)]) from None
+    room = MAX_IDEMPOTENCY_KEY_CHARS - len(BATCH_KEY_SEPARATOR) - len(str(count - 1))
+    if len(key) > room:
+        raise InvalidJobError.single("idempotency_key", f"is {len(key)} characters; a batch of {count} jobs stores "
+                                     f"each under the key and its index, so the key may have at most {room}")
+    return [f"{key}{BATCH_KEY_SEPARATOR}{index}" for index in range(count)]
+
+
 class JobOptions(BaseModel):
     """How a job is submitted: which model, how urgent, deduplication, deadline."""
 
@@ -150,7 +181,7 @@ class JobOptions(BaseModel):
 
     model: str | None = Field(None, description="registry name; default depends on the task")
     priority: Annotated[int, Strict()] = Field(5, ge=0, le=9, description="0 runs first, 9 last")
-    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    idempotency_key: IdempotencyKey | None = None
     timeout: Timeout | None = Field(
         None, description=f"seconds from submit after which the job expires unrun (at most {MAX_TIMEOUT_S}: 7 days)"
     )
@@ -175,6 +206,7 @@ JobRequest = Annotated[
                   custom_error_message="task must be 'classify' or 'summarize'"),
 ]
 job_request_adapter: TypeAdapter[ClassifyRequest | SummarizeRequest] = TypeAdapter(JobRequest)
+_idempotency_key_adapter: TypeAdapter[str] = TypeAdapter(IdempotencyKey)
 
 
 class JobView(BaseModel):

@@ -36,3 +36,13 @@ class JobNotFoundError(TextqError, LookupError):
 
 class JobTimeoutError(TextqError, TimeoutError):
     """The job did not finish within the wait timeout; it may still finish later: call get()."""
+
+
+class IdempotencyConflictError(TextqError, ValueError):
+    """An idempotency key was used before for a different request (another model, task, input or
+    priority); nothing was written or enqueued. Send a new key for a new request."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"idempotency key {key!r} was used before for a different request: {reason}")

@@ -9,32 +9,38 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio
 import redis
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field, SecretStr, TypeAdapter, field_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db import store
-from db.models import Job, JobStatus
+from db.models import FINISHED_STATUSES, Job, JobStatus
 from producer.client import Client
 from producer.contract import JobRequest, JobView
-from producer.errors import FieldError, InvalidJobError, JobNotFoundError, JobTimeoutError, TextqError
+from producer.errors import FieldError, IdempotencyConflictError, InvalidJobError, JobNotFoundError, TextqError
+from producer.waiter import FinishWaiter
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,10 @@ T = TypeVar("T")
 MAX_WAIT_S = 60.0
 MAX_PAGE = 200
 READY_CHECK_TIMEOUT_S = 3.0
+UNAVAILABLE_RETRY_AFTER_S = 5
+# `curl -d` sends a form content type; the body is JSON all the same. Accepting it is safe: the key
+# is a header that a browser never adds by itself, so a cross-site form post cannot submit a job.
+JSON_BODY_TYPES = ("application/json", "application/x-www-form-urlencoded")
 
 
 class GatewayConfigError(TextqError, ValueError):
@@ -59,8 +69,8 @@ class GatewaySettings(BaseSettings):
     # Serve without keys: for a laptop only, never on a network.
     insecure_dev: bool = False
     max_body_bytes: int = Field(1024 * 1024, ge=1)
-    # Long polls (?wait=) hold a thread each; past this many they queue instead of starving submits.
-    max_concurrent_waits: int = Field(32, ge=1)
+    # Long polls (?wait=) wake on finish notifications; this re-read only covers lost notifications.
+    wait_recheck_s: float = Field(1.0, gt=0, le=MAX_WAIT_S)
 
     @field_validator("keys", mode="before")
     @classmethod
@@ -114,21 +124,28 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
         log.warning("textq gateway is running WITHOUT authentication (insecure_dev)")
     owned = client is None
     the_client = client or Client()
+    waiter = FinishWaiter(the_client.settings.broker_url, partial(_finished_among, the_client.sessions),
+                          recheck_s=settings.wait_recheck_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        await waiter.close()
         if owned:
             the_client.close()
 
     app = FastAPI(title="textq", summary="NLP jobs behind a queue", version="1", lifespan=lifespan)
+    app.state.waiter = waiter  # its `waiting` count tells operators and tests how many jobs are waited for
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(InvalidJobError, _invalid_job)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(JobNotFoundError, _not_found)
+    app.add_exception_handler(IdempotencyConflictError, _idempotency_conflict)
+    for unavailable in (DBAPIError, PoolTimeoutError, redis.ConnectionError, redis.TimeoutError):
+        app.add_exception_handler(unavailable, _unavailable)
     _serve_metrics(app)
     app.include_router(_health_routes(the_client))
-    app.include_router(_job_routes(the_client, settings), dependencies=[Depends(_key_checker(settings))])
+    app.include_router(_job_routes(the_client, waiter), dependencies=[Depends(_key_checker(settings))])
     _document_job_request(app)
     return app
 
@@ -229,6 +246,23 @@ async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
 
 
+async def _idempotency_conflict(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, IdempotencyConflictError)
+    return JSONResponse(_errors_body(str(exc), [FieldError("Idempotency-Key", exc.reason)]), status_code=409)
+
+
+async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """503 when the database or Redis cannot be reached; any other database error stays a 500 (a bug)."""
+    if isinstance(exc, DBAPIError) and not (isinstance(exc, OperationalError) or exc.connection_invalidated):
+        raise exc
+    service = "Redis" if isinstance(exc, redis.RedisError) else "the database"
+    # The class name only: the message may name hosts and users.
+    log.warning("%s unavailable: %s", service, type(exc).__name__)
+    detail = f"{service} is unavailable ({type(exc).__name__}); retry later"
+    return JSONResponse({"detail": detail, "errors": []}, status_code=503,
+                        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
+
+
 def _document_job_request(app: FastAPI) -> None:
     """Add the JobRequest schema to /openapi.json (the route reads the body untyped, see submit)."""
     default_openapi = app.openapi
@@ -323,40 +357,55 @@ async def _check(ping: Callable[[], None]) -> str:
     return "ok"
 
 
-def _job_routes(client: Client, settings: GatewaySettings) -> APIRouter:
-    router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={401: {"description": "missing or unknown API key"}})
-    waits = anyio.CapacityLimiter(settings.max_concurrent_waits)
+def _job_routes(client: Client, waiter: FinishWaiter) -> APIRouter:
+    router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={
+        401: {"description": "missing or unknown API key"},
+        503: {"model": ErrorBody, "description": "the database or Redis does not answer; retry later"},
+    })
     sessions = client.sessions
 
-    async def blocking(fn: Callable[[], T], limiter: anyio.CapacityLimiter | None = None) -> T:
-        return await anyio.to_thread.run_sync(fn, limiter=limiter)
+    async def blocking(fn: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(fn)
 
     @router.post(
         "", status_code=202, response_model=JobView | list[JobView],
-        responses={422: {"model": ErrorBody}, 413: {"description": "body too large"}}, openapi_extra=_SUBMIT_DOC,
+        responses={
+            422: {"model": ErrorBody}, 413: {"description": "body too large"},
+            409: {"model": ErrorBody, "description": "the Idempotency-Key was used before for a different request"},
+            415: {"model": ErrorBody, "description": "the body is not sent as JSON"},
+        },
+        openapi_extra=_SUBMIT_DOC,
     )
     async def submit(
-        payload: Annotated[Any, Body()],
+        request: Request,
         response: Response,
-        idempotency_key: Annotated[str | None, Header(description="same key → same job; a batch uses <key>:<index>")] = None,
-    ) -> JobView | list[JobView]:
-        """Submit one job request, or `{"jobs": [...]}`: all are accepted or none (422 names each bad field)."""
-        jobs, batch = _jobs_of(payload)
-        if idempotency_key is not None:
-            jobs = [_with_key(job, idempotency_key if not batch else f"{idempotency_key}:{i}", i if batch else None)
-                    for i, job in enumerate(jobs)]
-        views = await blocking(partial(client.submit_many, jobs))
+        idempotency_key: Annotated[str | None, Header(description=(
+            "same key and same request → the same job; the same key for a different request → 409. "
+            "A batch's jobs are keyed apart from single jobs"))] = None,
+    ) -> JobView | list[JobView] | JSONResponse:
+        """Submit one job request, or `{"jobs": [...]}`: all are accepted or none (422 names each bad field).
+
+        The body is JSON, read as such when `Content-Type` is `application/json` (or `+json`), absent,
+        or `application/x-www-form-urlencoded` (what `curl -d` sends); any other type gets 415.
+        """
+        refused = _refuse_content_type(request)
+        if refused is not None:
+            return refused
+        jobs, batch = _jobs_of(_parse_json(await request.body()))
         if batch:
-            return views
+            return await blocking(partial(client.submit_many, jobs, idempotency_key=idempotency_key))
+        if idempotency_key is not None:
+            jobs = [_with_key(jobs[0], idempotency_key)]
+        views = await blocking(partial(client.submit_many, jobs))
         response.headers["Location"] = f"/v1/jobs/{views[0].id}"
         return views[0]
 
     @router.get("", response_model=JobPage, responses={422: {"model": ErrorBody}})
     async def list_jobs(
         status: JobStatus | None = None,
-        model: str | None = None,
+        model: Annotated[str | None, AfterValidator(_no_nul)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        before: Annotated[datetime | None, Query(description="only jobs created before this time (ISO 8601)")] = None,
+        before: Annotated[QueryTime | None, Query(description="only jobs created before this time (ISO 8601, zoned)")] = None,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
     ) -> JobPage:
         """Jobs newest first, filtered by status and model, `limit` per page."""
@@ -365,16 +414,15 @@ def _job_routes(client: Client, settings: GatewaySettings) -> APIRouter:
 
     @router.get("/{job_id}", response_model=JobView, responses={404: {"description": "no such job"}})
     async def get_job(
+        request: Request,
         job_id: str,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll: seconds to wait for the job to finish")] = 0,
-    ) -> JobView:
-        """A job; with `?wait=S` only once it is finished or S seconds passed (then as it is now)."""
-        if wait > 0:
-            try:
-                return await blocking(partial(client.wait, job_id, timeout=wait, poll_interval=0.1), waits)
-            except JobTimeoutError:
-                pass
-        return await blocking(partial(client.get, job_id))
+    ) -> JobView | Response:
+        """A job; with `?wait=S` once it is finished, or as it is after S seconds (a finished job at once)."""
+        if wait <= 0:
+            return await blocking(partial(client.get, job_id))
+        view = await _unless_disconnected(request, partial(waiter.wait, _job_uuid(job_id), partial(client.get, job_id), wait))
+        return Response(status_code=CLIENT_CLOSED_REQUEST) if view is None else view
 
     @router.post("/{job_id}/cancel", response_model=JobView, responses={404: {"description": "no such job"}})
     async def cancel_job(job_id: str) -> JobView:
@@ -401,14 +449,104 @@ def _jobs_of(payload: Any) -> tuple[list[dict[str, Any]], bool]:
     return jobs, True
 
 
-def _with_key(job: dict[str, Any], key: str, index: int | None) -> dict[str, Any]:
+def _with_key(job: dict[str, Any], key: str) -> dict[str, Any]:
     if job.get("idempotency_key") not in (None, key):
-        field = "idempotency_key" if index is None else f"jobs[{index}].idempotency_key"
-        raise InvalidJobError.single(field, "differs from the Idempotency-Key header; give one or the other")
+        raise InvalidJobError.single("idempotency_key", "differs from the Idempotency-Key header; give one or the other")
     return {**job, "idempotency_key": key}
 
 
+def _refuse_content_type(request: Request) -> JSONResponse | None:
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if not media_type or media_type in JSON_BODY_TYPES or media_type.endswith("+json"):
+        return None
+    message = f"{media_type!r} is not accepted: send the body as JSON with Content-Type: application/json"
+    return JSONResponse(_errors_body("unsupported content type", [FieldError("Content-Type", message)]), status_code=415)
+
+
+def _parse_json(body: bytes) -> Any:
+    """The body as strict JSON (RFC 8259): no NaN or Infinity, and no number beyond a float's range."""
+    if not body.strip():
+        raise InvalidJobError.single("body", 'is empty: send one job request or {"jobs": [...]} as JSON')
+    try:
+        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidJobError.single("body", "is nested too deeply") from None
+    except ValueError as exc:  # also UnicodeDecodeError, and the refusals below
+        raise InvalidJobError.single("body", f"is not valid JSON: {exc}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of the range of a number")
+    return value
+
+
+# -- long polls -------------------------------------------------------------------------------------
+CLIENT_CLOSED_REQUEST = 499  # nginx's code: the caller went away before the answer (nobody reads it)
+
+
+def _job_uuid(job_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(job_id)
+    except ValueError:
+        raise JobNotFoundError(f"{job_id!r} is not a job id (expected a UUID)") from None
+
+
+def _finished_among(sessions: sessionmaker[Session], ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of the waited jobs are finished: the waiter's re-read, in chunks of 500 ids."""
+    with sessions() as session:
+        chunks = [store.get_jobs(session, ids=ids[start:start + 500]) for start in range(0, len(ids), 500)]
+        return {job.id for chunk in chunks for job in chunk if job.status in FINISHED_STATUSES}
+
+
+async def _unless_disconnected(request: Request, work: Callable[[], Awaitable[T]]) -> T | None:
+    """`work()`, or None as soon as the client disconnects: a long poll does not outlive its caller."""
+    result: T | None = None
+
+    async def until_disconnected(scope: anyio.CancelScope) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    failure: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(until_disconnected, group.cancel_scope)
+        try:
+            result = await work()
+        except Exception as exc:  # raised after the group, not wrapped in an ExceptionGroup (404, 503)
+            failure = exc
+        group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return result
+
+
 # -- pagination -----------------------------------------------------------------------------------
+MAX_CURSOR_SKIP = 1_000_000  # beyond any batch; a larger number would overflow a SQL LIMIT
+
+
+def _in_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("needs a time zone (e.g. 2024-05-01T12:00:00Z)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of the range of dates") from None
+
+
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+QueryTime = Annotated[datetime, AfterValidator(_in_utc)]
+
 # A batch's jobs share one created_at, so "created before the last row" would skip the rest of a
 # batch cut by a page boundary. The cursor is therefore (t, n): jobs created at or before t,
 # skipping the first n of them (the n already shown that were created exactly at t).
@@ -436,8 +574,12 @@ def _encode_cursor(created_at: datetime, skip: int) -> str:
 def _decode_cursor(cursor: str) -> _Start:
     try:
         stamp, skip = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(stamp), int(skip)
-    except (ValueError, UnicodeDecodeError):
+        created_at, count = _in_utc(datetime.fromisoformat(stamp)), int(skip)
+        # _page adds 1 µs to the time; a LIMIT of skip + limit must fit SQL's integers.
+        if created_at.replace(tzinfo=None) == datetime.max or not 0 <= count <= MAX_CURSOR_SKIP:
+            raise ValueError("out of range")
+        return created_at, count
+    except (ValueError, UnicodeDecodeError, OverflowError):
         raise InvalidJobError.single("cursor", "is not a cursor this API returned (use next_cursor as given)") from None
 
 

@@ -136,8 +136,9 @@ def test_body_over_limit_is_413(api: TestClient, backend: Backend) -> None:
 
 def test_idempotency_key_returns_the_same_job(api: TestClient, backend: Backend) -> None:
     key = uuid.uuid4().hex
-    first = api.post("/v1/jobs", json={"text": unique_text(), "model": "echo"}, headers={"Idempotency-Key": key})
-    again = api.post("/v1/jobs", json={"text": unique_text(), "model": "echo"}, headers={"Idempotency-Key": key})
+    job = {"text": unique_text(), "model": "echo"}
+    first = api.post("/v1/jobs", json=job, headers={"Idempotency-Key": key})
+    again = api.post("/v1/jobs", json=job, headers={"Idempotency-Key": key})
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
 
