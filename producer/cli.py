@@ -207,13 +207,13 @@ def purge(older_than: str) -> None:
 
     Queued and running jobs are never deleted. Runs in batches of 10,000 rows.
     """
-    from producer.operations import parse_age, purge_finished
+    from producer.operations import parse_age
 
     try:
         age = parse_age(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    click.echo(f"deleted {purge_finished(_client(), age)} finished jobs older than {older_than}")
+    click.echo(f"deleted {_client().purge_finished(age)} finished jobs older than {older_than}")
 
 
 @cli.group()

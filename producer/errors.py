@@ -36,3 +36,7 @@ class JobNotFoundError(TextqError, LookupError):
 
 class JobTimeoutError(TextqError, TimeoutError):
     """The job did not finish within the wait timeout; it may still finish later: call get()."""
+
+
+class ListTimeoutError(TextqError, TimeoutError):
+    """Listing jobs ran past its time limit (a rare filter over a big table); narrow the filters."""

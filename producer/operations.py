@@ -1,4 +1,4 @@
-"""What operators ask of a running textq: queue depths, live workers, job counts, retention."""
+"""What operators ask of a running textq, built on the Client's public methods: status, ages, health."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
-from db import store
-from db.models import utcnow
 from producer.client import Client
 
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -30,36 +28,18 @@ class ClusterStatus:
     jobs_by_status: dict[str, int]
 
 
-def ping_workers(client: Client, timeout: float = 1.0) -> list[str]:
-    """Names of the workers that answer a Celery ping on the broker."""
-    replies = client.publisher.app.control.ping(timeout=timeout) or []
-    return sorted(name for reply in replies for name in reply)
+def cluster_status(client: Client) -> ClusterStatus:
+    return ClusterStatus(
+        queue_depths=client.queue_depths(),
+        workers=[w.name for w in client.workers()],
+        jobs_by_status=client.count_by_status(),
+    )
 
 
 def local_worker_alive(client: Client, timeout: float = 2.0) -> bool:
     """Whether a worker on this host answers: the health check of a worker container."""
     host = socket.gethostname()
-    return any(name.endswith(f"@{host}") for name in ping_workers(client, timeout))
+    return any(w.name.endswith(f"@{host}") for w in client.workers(timeout))
 
 
-def cluster_status(client: Client) -> ClusterStatus:
-    with client.sessions() as session:
-        counts = store.count_by_status(session)
-    return ClusterStatus(
-        queue_depths={name: client.publisher.queue_depth(name) for name in client.registry.names()},
-        workers=ping_workers(client),
-        jobs_by_status=counts,
-    )
-
-
-def purge_finished(client: Client, older_than: timedelta, batch_size: int = 10_000) -> int:
-    """Delete finished jobs that finished more than `older_than` ago, in batches so that one purge
-    never holds a long lock on a big table; returns how many rows went."""
-    cutoff = utcnow() - older_than
-    total = 0
-    while True:
-        with client.sessions.begin() as session:
-            deleted = store.purge_jobs(session, finished_before=cutoff, limit=batch_size)
-        total += deleted
-        if deleted < batch_size:
-            return total
+__all__ = ["ClusterStatus", "cluster_status", "local_worker_alive", "parse_age"]
