@@ -198,7 +198,8 @@ class Client:
         with self.sessions() as session:
             found = {}
             for start in range(0, len(wanted), 500):
-                found.update({j.id: JobView.model_validate(j) for j in store.get_jobs(session, ids=wanted[start:start + 500], tenant=self.visible_tenant)})
+                chunk = store.get_jobs(session, ids=wanted[start:start + 500], tenant=self.visible_tenant)
+                found.update({j.id: JobView.model_validate(j) for j in chunk})
         missing = [str(i) for i in wanted if i not in found]
         if missing:
             raise JobNotFoundError(f"no job with id {', '.join(missing[:5])}")
@@ -372,3 +373,6 @@ def _as_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
         return uuid.UUID(job_id)
     except ValueError:
         raise JobNotFoundError(f"{job_id!r} is not a job id (expected a UUID)") from None
+
+
+__all__ = ["Client", "JobPage", "JobStatus", "Readiness", "WorkerView"]

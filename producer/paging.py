@@ -25,7 +25,7 @@ _NOT_A_CURSOR = "is not a cursor this API returned (pass next_cursor as given)"
 
 
 class JobPage(BaseModel):
-    """One page of jobs; `next_cursor` is None on the last page."""
+    """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next page (None: the last page)."""
 
     jobs: list[JobView]
     next_cursor: str | None = None
