@@ -19,7 +19,7 @@ from producer.errors import InvalidJobError
 
 MAX_PAGE = 200
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_CURSOR = re.compile(r"1\.(\d{1,17})\.([0-9a-f]{32})")
+_CURSOR = re.compile(r"1\.(\d{1,18})\.([0-9a-f]{32})")
 _MAX_CURSOR_CHARS = 80
 _NOT_A_CURSOR = "is not a cursor this API returned (pass next_cursor as given)"
 
