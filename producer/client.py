@@ -64,7 +64,8 @@ class Client:
     """Submit classification and summarization jobs; read, wait for and cancel them.
 
     Settings come from `TEXTQ_*` environment variables unless given. A job's row is committed
-    before its message is published, so a job is never enqueued without a record.
+    before its message is published, so a job is never enqueued without a record. With `tenant`,
+    jobs are submitted as that tenant and only its jobs are seen; without, every job is seen.
     """
 
     def __init__(

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from producer import Client, JobNotFoundError
 from producer.gateway import GatewayConfigError, GatewaySettings, create_app
 from producer.tenants import DEFAULT_SCOPES, ApiKey, Scope, load_api_keys
+from tests.conftest import Backend
 
 RUN = uuid.uuid4().hex[:8]
 ACME, GLOBEX, OPS = f"acme-{RUN}", f"globex-{RUN}", f"ops-{RUN}"
@@ -101,7 +102,7 @@ def test_idempotency_keys_are_per_tenant(api: TestClient) -> None:
     assert _submit(api, "globex", idempotency_key=key) == globex_job
 
 
-def test_the_python_client_sees_every_tenant_unless_scoped(api: TestClient, client: Client) -> None:
+def test_the_python_client_sees_every_tenant_unless_scoped(api: TestClient, client: Client, backend: Backend) -> None:
     acme_job = _submit(api, "acme")
     assert client.get(acme_job).id == uuid.UUID(acme_job)  # it holds the database credentials anyway
     globex = client.for_tenant(GLOBEX)
@@ -116,6 +117,13 @@ def test_the_python_client_sees_every_tenant_unless_scoped(api: TestClient, clie
     assert globex.count_by_status().get("queued", 0) < client.count_by_status()["queued"]
     globex.close()  # a scoped Client shares its parent's connections: closing it closes nothing
     assert client.get(acme_job).status == "queued"
+    with Client(database_url=backend.database_url, broker_url=backend.broker_url, tenant=GLOBEX) as own:
+        seen = {j.id for j in own.list_jobs(limit=200).jobs}
+        assert seen and uuid.UUID(acme_job) not in seen  # globex's "mine" job, not acme's
+        with pytest.raises(JobNotFoundError):
+            own.get(acme_job)
+    with pytest.raises(ValueError, match="tenant must be 1-64 letters"):
+        client.for_tenant("no spaces")
 
 
 def test_bare_keys_belong_to_the_default_tenant(client: Client) -> None:
