@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from producer import Client, JobNotFoundError
 from producer.gateway import GatewayConfigError, GatewaySettings, create_app
 from producer.tenants import DEFAULT_SCOPES, ApiKey, Scope, load_api_keys
-from tests.conftest import Backend
+from tests.conftest import Backend, new_backend
 
 RUN = uuid.uuid4().hex[:8]
 ACME, GLOBEX, OPS = f"acme-{RUN}", f"globex-{RUN}", f"ops-{RUN}"
@@ -25,6 +25,26 @@ KEYS = {
 }
 ENTRIES = [f"{KEYS['acme']}:{ACME}", f"{KEYS['globex']}:{GLOBEX}", f"{KEYS['reader']}:{ACME}:read",
            f"{KEYS['admin']}:{OPS}:admin"]
+
+
+@pytest.fixture(scope="module")
+def quiet_backend(backend: Backend) -> Iterator[Backend]:
+    """A backend of this module's own that no worker serves: submitted jobs stay queued."""
+    with new_backend(backend.name, "tenants") as b:
+        yield b
+
+
+@pytest.fixture()
+def client(quiet_backend: Backend) -> Iterator[Client]:
+    with Client(database_url=quiet_backend.database_url, broker_url=quiet_backend.broker_url) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def offline_client() -> Iterator[Client]:
+    """A Client that never connects: for configuration errors raised before any request."""
+    with Client(database_url="sqlite://", broker_url="redis://127.0.0.1:1/0") as c:
+        yield c
 
 
 @pytest.fixture()
@@ -102,7 +122,7 @@ def test_idempotency_keys_are_per_tenant(api: TestClient) -> None:
     assert _submit(api, "globex", idempotency_key=key) == globex_job
 
 
-def test_the_python_client_sees_every_tenant_unless_scoped(api: TestClient, client: Client, backend: Backend) -> None:
+def test_the_python_client_sees_every_tenant_unless_scoped(api: TestClient, client: Client, quiet_backend: Backend) -> None:
     acme_job = _submit(api, "acme")
     assert client.get(acme_job).id == uuid.UUID(acme_job)  # it holds the database credentials anyway
     globex = client.for_tenant(GLOBEX)
@@ -117,7 +137,7 @@ def test_the_python_client_sees_every_tenant_unless_scoped(api: TestClient, clie
     assert globex.count_by_status().get("queued", 0) < client.count_by_status()["queued"]
     globex.close()  # a scoped Client shares its parent's connections: closing it closes nothing
     assert client.get(acme_job).status == "queued"
-    with Client(database_url=backend.database_url, broker_url=backend.broker_url, tenant=GLOBEX) as own:
+    with Client(database_url=quiet_backend.database_url, broker_url=quiet_backend.broker_url, tenant=GLOBEX) as own:
         seen = {j.id for j in own.list_jobs(limit=200).jobs}
         assert seen and uuid.UUID(acme_job) not in seen  # globex's "mine" job, not acme's
         with pytest.raises(JobNotFoundError):
@@ -195,18 +215,18 @@ SECRET = "s3cret-value"
     ],
 )
 def test_bad_key_configuration_is_a_clear_error_that_never_shows_a_key(
-    client: Client, tmp_path: Path, entries: list[str], document: str | None, message: str
+    offline_client: Client, tmp_path: Path, entries: list[str], document: str | None, message: str
 ) -> None:
     keys_file = None
     if document is not None:
         keys_file = tmp_path / "keys.json"
         keys_file.write_text(document)
     with pytest.raises(GatewayConfigError) as raised:
-        create_app(client, GatewaySettings(keys=entries, keys_file=keys_file))
+        create_app(offline_client, GatewaySettings(keys=entries, keys_file=keys_file))
     assert message in str(raised.value)
     assert SECRET not in str(raised.value)
 
 
-def test_a_missing_keys_file_is_a_clear_error(client: Client, tmp_path: Path) -> None:
+def test_a_missing_keys_file_is_a_clear_error(offline_client: Client, tmp_path: Path) -> None:
     with pytest.raises(GatewayConfigError, match=r"keys.json: cannot be read \(No such file or directory\)"):
-        create_app(client, GatewaySettings(keys_file=tmp_path / "keys.json"))
+        create_app(offline_client, GatewaySettings(keys_file=tmp_path / "keys.json"))
