@@ -7,7 +7,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Index, Integer, String, Text, TypeDecorator, Uuid, text
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -21,6 +33,10 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
     EXPIRED = "expired"
 
+
+# The tenant of jobs submitted without one: every job of a single-tenant deployment.
+DEFAULT_TENANT = "default"
+TENANT_MAX_CHARS = 64
 
 FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED})
 
@@ -68,7 +84,9 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     priority: Mapped[int] = mapped_column(Integer, default=0)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Who submitted the job: a tenant sees only its own jobs (idempotency keys are per tenant too).
+    tenant: Mapped[str] = mapped_column(String(TENANT_MAX_CHARS), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -89,7 +107,10 @@ class Job(Base):
             name="ck_jobs_status",
         ),
         Index("ix_jobs_status_model_created", "status", "model", "created_at"),
-        Index("ix_jobs_created_at", "created_at"),
+        UniqueConstraint("tenant", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+        # Keyset paging newest first: (created_at, id) is the page boundary, with and without a tenant.
+        Index("ix_jobs_created_id", "created_at", "id"),
+        Index("ix_jobs_tenant_created_id", "tenant", "created_at", "id"),
         Index("ix_jobs_finished_at", "finished_at"),
         Index(
             "ix_jobs_unfinished_priority_created",

@@ -7,13 +7,15 @@ so "write a whole batch in one transaction" is the caller's `with session.begin(
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, Protocol, Self, TypeVar, cast
 
 from sqlalchemy import (
     Integer,
@@ -33,15 +35,17 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
-from db.models import FINISHED_STATUSES, Job, JobStatus, UTCDateTime, utcnow
+from db.models import DEFAULT_TENANT, FINISHED_STATUSES, Job, JobStatus, UTCDateTime, utcnow
 
 # The Core table, for bulk statements (executemany) that the ORM would do row by row.
 JOBS = cast(Table, Job.__table__)
@@ -51,6 +55,7 @@ EXPIRED_MESSAGE = "the job's deadline passed before it could run"
 UNKNOWN_MODEL_ERROR = "UnknownModel"
 # The longest wait between re-publishes of a queued job, in units of the first: five doublings.
 DEFAULT_BACKOFF_CAP = 32
+_QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,7 @@ class NewJob:
     priority: int = 0
     idempotency_key: str | None = None
     expires_at: datetime | None = None
+    tenant: str = DEFAULT_TENANT
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=utcnow)
 
@@ -148,7 +154,7 @@ def create_or_get_jobs(session: Session | Connection, *, jobs: Sequence[NewJob])
     """
     if not jobs:
         return []
-    keys = [j.idempotency_key for j in jobs if j.idempotency_key is not None]
+    keys = [(j.tenant, j.idempotency_key) for j in jobs if j.idempotency_key is not None]
     if _is_postgres(session):
         # ONE statement whose rows arrive as one JSON document, the same SQL text for any number of
         # jobs. PostgreSQL parses the document in C; binding one array per column cost the client
@@ -164,6 +170,7 @@ def create_or_get_jobs(session: Session | Connection, *, jobs: Sequence[NewJob])
             "input": j.input,
             "priority": j.priority,
             "idempotency_key": j.idempotency_key,
+            "tenant": j.tenant,
             "expires_at": j.expires_at,
             "attempts": 0,
             "created_at": j.created_at,
@@ -175,27 +182,27 @@ def create_or_get_jobs(session: Session | Connection, *, jobs: Sequence[NewJob])
     if not keys:
         session.execute(JOBS.insert(), rows)
         return list(jobs)
-    session.execute(sqlite.insert(JOBS).on_conflict_do_nothing(index_elements=["idempotency_key"]), rows)
+    session.execute(sqlite.insert(JOBS).on_conflict_do_nothing(index_elements=["tenant", "idempotency_key"]), rows)
     return _with_existing_jobs(session, jobs, keys)
 
 
 def _json_row(job: NewJob) -> dict[str, Any]:
     return {
         "id": str(job.id), "model": job.model, "task": job.task, "input": job.input, "priority": job.priority,
-        "idempotency_key": job.idempotency_key, "created_at": job.created_at.isoformat(),
+        "idempotency_key": job.idempotency_key, "tenant": job.tenant, "created_at": job.created_at.isoformat(),
         "expires_at": None if job.expires_at is None else job.expires_at.isoformat(),
     }
 
 
 _INSERT_FROM_JSON = text(
-    f"""INSERT INTO {JOBS.name} (id, model, task, status, input, priority, idempotency_key, expires_at,
+    f"""INSERT INTO {JOBS.name} (id, model, task, status, input, priority, idempotency_key, tenant, expires_at,
                          attempts, created_at, published_at, publish_count)
-    SELECT id, model, task, '{JobStatus.QUEUED.value}', input, priority, idempotency_key, expires_at,
+    SELECT id, model, task, '{JobStatus.QUEUED.value}', input, priority, idempotency_key, tenant, expires_at,
            0, created_at, created_at, 1
     FROM jsonb_to_recordset(CAST(:jobs AS jsonb))
-         AS n(id uuid, model text, task text, input jsonb, priority integer, idempotency_key text,
+         AS n(id uuid, model text, task text, input jsonb, priority integer, idempotency_key text, tenant text,
               expires_at timestamptz, created_at timestamptz)
-    ON CONFLICT (idempotency_key) DO NOTHING"""
+    ON CONFLICT (tenant, idempotency_key) DO NOTHING"""
 )
 
 
@@ -204,19 +211,21 @@ def _is_postgres(db: Session | Connection) -> bool:
     return bind.dialect.name == "postgresql"
 
 
-def _with_existing_jobs(session: Session | Connection, jobs: Sequence[NewJob], keys: list[str]) -> list[NewJob]:
-    """Each job as stored under its idempotency key (itself if it was inserted now)."""
+def _with_existing_jobs(
+    session: Session | Connection, jobs: Sequence[NewJob], keys: list[tuple[str, str]]
+) -> list[NewJob]:
+    """Each job as its tenant stored it under its idempotency key (itself if it was inserted now)."""
     if not keys:
         return list(jobs)
     c = JOBS.c
     rows = session.execute(
-        select(c.idempotency_key, c.id, c.model, c.task, c.input, c.priority, c.expires_at, c.created_at)
-        .where(c.idempotency_key.in_(keys))
+        select(c.tenant, c.idempotency_key, c.id, c.model, c.task, c.input, c.priority, c.expires_at, c.created_at)
+        .where(tuple_(c.tenant, c.idempotency_key).in_(keys))
     ).tuples().all()
-    stored = {key: NewJob(id=job_id, model=model, task=task, input=job_input, priority=priority, idempotency_key=key,
-                          expires_at=expires_at, created_at=created_at)
-              for key, job_id, model, task, job_input, priority, expires_at, created_at in rows}
-    return [stored[j.idempotency_key] if j.idempotency_key is not None else j for j in jobs]
+    stored = {(tenant, key): NewJob(id=job_id, model=model, task=task, input=job_input, priority=priority,
+                                    idempotency_key=key, expires_at=expires_at, tenant=tenant, created_at=created_at)
+              for tenant, key, job_id, model, task, job_input, priority, expires_at, created_at in rows}
+    return [stored[(j.tenant, j.idempotency_key)] if j.idempotency_key is not None else j for j in jobs]
 
 
 def claim_jobs(
@@ -394,12 +403,22 @@ _RELEASE_EACH = _update_under_claim().values(
 )
 
 
-def get_job(session: Session, *, job_id: uuid.UUID) -> Job | None:
-    return session.get(Job, job_id, populate_existing=True)
+def get_job(session: Session, *, job_id: uuid.UUID, tenant: str | None = None) -> Job | None:
+    """The job, or None; with `tenant`, None also for another tenant's job."""
+    job = session.get(Job, job_id, populate_existing=True)
+    return job if job is not None and (tenant is None or job.tenant == tenant) else None
 
 
-def get_jobs(session: Session, *, ids: Sequence[uuid.UUID]) -> list[Job]:
-    return list(session.scalars(select(Job).where(Job.id.in_(list(ids)))).all())
+def get_jobs(session: Session, *, ids: Sequence[uuid.UUID], tenant: str | None = None) -> list[Job]:
+    return list(session.scalars(_of_tenant(select(Job).where(Job.id.in_(list(ids))), tenant)).all())
+
+
+@dataclass(frozen=True, slots=True)
+class PagePosition:
+    """Where a newest-first page starts: after the row (created_at, id), exclusive."""
+
+    created_at: datetime
+    id: uuid.UUID
 
 
 def list_jobs(
@@ -407,34 +426,90 @@ def list_jobs(
     *,
     status: JobStatus | None = None,
     model: str | None = None,
+    tenant: str | None = None,
     limit: int = 50,
     before: datetime | None = None,
+    after: PagePosition | None = None,
+    time_limit_s: float | None = None,
 ) -> list[Job]:
-    """Newest first; page with `before` = the last row's created_at."""
-    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    """Up to `limit` jobs newest first, by (created_at, id); the next page starts after the last row.
+
+    Keyset paging: a page costs one index range read however deep it is. With `time_limit_s`, a
+    query that runs longer (a rare filter scanning many rows) raises TimeoutError.
+    """
+    stmt = _of_tenant(select(Job), tenant).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
     if status is not None:
         stmt = stmt.where(Job.status == status)
     if model is not None:
         stmt = stmt.where(Job.model == model)
     if before is not None:
         stmt = stmt.where(Job.created_at < before)
-    return list(session.scalars(stmt).all())
+    if after is not None:
+        stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(
+            bindparam("after_created_at", after.created_at, type_=UTCDateTime()),
+            bindparam("after_id", after.id, type_=Uuid()),
+        ))
+    if time_limit_s is None:
+        return list(session.scalars(stmt).all())
+    with _time_limit(session, time_limit_s):
+        return list(session.scalars(stmt).all())
 
 
-def count_by_status(session: Session) -> dict[str, int]:
-    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all()
+@contextmanager
+def _time_limit(session: Session, seconds: float) -> Iterator[None]:
+    """Run the session's next statements under a deadline: PostgreSQL's statement_timeout, SQLite's progress handler."""
+    try:
+        if _is_postgres(session):
+            # SET LOCAL needs a transaction: this session's connection leaves autocommit until it returns to the pool.
+            session.connection(execution_options={"isolation_level": "READ COMMITTED"})
+            session.execute(select(func.set_config("statement_timeout", str(max(1, round(seconds * 1000))), True)))
+            yield
+            return
+        raw = session.connection().connection.driver_connection
+        assert raw is not None
+        deadline = time.monotonic() + seconds
+        raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 1000)
+        try:
+            yield
+        finally:
+            raw.set_progress_handler(None, 0)
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) == _QUERY_CANCELED or "interrupted" in str(exc.orig):
+            raise TimeoutError(f"the query ran longer than {seconds:g} s") from None
+        raise
+
+
+def count_by_status(session: Session, *, tenant: str | None = None) -> dict[str, int]:
+    rows = session.execute(_of_tenant(select(Job.status, func.count()), tenant).group_by(Job.status)).tuples().all()
     return dict(rows)
 
 
-def cancel_job(session: Session, *, job_id: uuid.UUID) -> bool:
+def cancel_job(session: Session, *, job_id: uuid.UUID, tenant: str | None = None) -> bool:
     """Cancel a job not yet finished. A running job's result is then discarded at its batch's end."""
     result = session.execute(
-        update(Job)
+        _of_tenant(update(Job), tenant)
         .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
         .values(status=JobStatus.CANCELLED, finished_at=utcnow(), lease_until=None),
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def jobs_table_answers(session: Session) -> None:
+    """Raises unless the jobs table can be read (an unmigrated database cannot serve a request)."""
+    session.execute(select(Job.id).limit(1))
+
+
+class _Filterable(Protocol):
+    def where(self, *whereclause: Any) -> Self: ...
+
+
+_Statement = TypeVar("_Statement", bound=_Filterable)
+
+
+def _of_tenant(stmt: _Statement, tenant: str | None) -> _Statement:
+    """`stmt` limited to `tenant`'s jobs; every tenant's when None."""
+    return stmt if tenant is None else stmt.where(Job.tenant == tenant)
 
 
 def jobs_to_republish(
@@ -569,14 +644,11 @@ def fail_unknown_model_jobs(session: Session, *, known_models: Collection[str], 
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def purge_jobs(session: Session, *, finished_before: datetime, limit: int = 10_000) -> int:
+def purge_jobs(session: Session, *, finished_before: datetime, limit: int = 10_000, tenant: str | None = None) -> int:
     """Delete up to `limit` finished jobs that finished before `finished_before`; returns how many."""
-    doomed = (
-        select(Job.id)
-        .where(Job.status.in_(list(FINISHED_STATUSES)), Job.finished_at < finished_before)
-        .order_by(Job.finished_at)
-        .limit(limit)
-    )
+    doomed = _of_tenant(
+        select(Job.id).where(Job.status.in_(list(FINISHED_STATUSES)), Job.finished_at < finished_before), tenant
+    ).order_by(Job.finished_at).limit(limit)
     result = session.execute(
         delete(Job).where(Job.id.in_(doomed.scalar_subquery())), execution_options={"synchronize_session": False}
     )

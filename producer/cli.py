@@ -228,11 +228,9 @@ def status(as_json: bool) -> None:
     for name, depth in report.queue_depths.items():
         click.echo(f"{'textq.' + name:<24} {depth}")
     click.echo(f"\nworkers alive: {len(report.workers)}")
-    for name in report.workers:
-        click.echo(f"  {name}")
-    if report.heartbeats:
-        click.echo(f"\n{'worker':<28} {'host':<20} {'pid':>7}  {'models':<24} {'heartbeat':>10}  {'in hand':>7}  state")
-    for w in report.heartbeats:
+    if report.workers:
+        click.echo(f"{'worker':<28} {'host':<20} {'pid':>7}  {'models':<24} {'heartbeat':>10}  {'in hand':>7}  state")
+    for w in report.workers:
         click.echo(f"{w.name:<28} {w.host:<20} {w.pid:>7}  {','.join(w.models):<24} "
                    f"{w.heartbeat_age_s:>8.1f}s ago {w.jobs_in_hand:>7}  {w.state}")
     click.echo(f"\n{'status':<24} jobs")
@@ -252,13 +250,13 @@ def purge(older_than: str) -> None:
 
     Queued and running jobs are never deleted. Runs in batches of 10,000 rows.
     """
-    from producer.operations import parse_age, purge_finished
+    from producer.operations import parse_age
 
     try:
         age = parse_age(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    click.echo(f"deleted {purge_finished(_client(), age)} finished jobs older than {older_than}")
+    click.echo(f"deleted {_client().purge_finished(age)} finished jobs older than {older_than}")
 
 
 @cli.group()

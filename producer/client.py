@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
-from datetime import timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy import Connection
 
 from db import store
 from db.engine import session_factory, shared_engine
-from db.models import utcnow
+from db.models import DEFAULT_TENANT, FINISHED_STATUSES, JobStatus, utcnow
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
 from producer.contract import (
@@ -26,22 +29,48 @@ from producer.contract import (
     parse_request,
     resolve_model,
 )
-from producer.errors import FieldError, IdempotencyConflictError, InvalidJobError, JobNotFoundError, JobTimeoutError
+from producer.errors import (
+    FieldError,
+    IdempotencyConflictError,
+    InvalidJobError,
+    JobNotFoundError,
+    JobTimeoutError,
+    ListTimeoutError,
+)
 from producer.limits import record_limits
 from producer.notify import watch_finished
+from producer.paging import MAX_PAGE, JobPage, decode_cursor, encode_cursor
 from producer.registry import Registry, load_registry
 from producer.settings import ProducerSettings, producer_settings
+from producer.tenants import check_tenant
+from producer.workers import WorkerView, worker_views
 
 log = logging.getLogger(__name__)
 
 JobRequestType = ClassifyRequest | SummarizeRequest
+PING_TIMEOUT_S = 3.0
+LIST_TIME_LIMIT_S = 5.0
+_MODEL_MAX_CHARS = 128
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Each dependency's answer to a ping: "ok" or "error: <class>" (never a message: it may name hosts)."""
+
+    database: str
+    broker: str
+
+    @property
+    def ready(self) -> bool:
+        return self.database == self.broker == "ok"
 
 
 class Client:
     """Submit classification and summarization jobs; read, wait for and cancel them.
 
     Settings come from `TEXTQ_*` environment variables unless given. A job's row is committed
-    before its message is published, so a job is never enqueued without a record.
+    before its message is published, so a job is never enqueued without a record. With `tenant`,
+    jobs are submitted as that tenant and only its jobs are seen; without, every job is seen.
     """
 
     def __init__(
@@ -50,6 +79,7 @@ class Client:
         database_url: str | None = None,
         broker_url: str | None = None,
         registry: Registry | None = None,
+        tenant: str | None = None,
     ) -> None:
         settings = producer_settings()
         if broker_url is not None:
@@ -63,6 +93,20 @@ class Client:
         self.publisher = Publisher(settings)
         self._redis = self.publisher.redis  # finish notifications come over the broker's Redis
         record_limits(self._redis, settings.limits)  # for workers to compare with theirs at start
+        self.tenant = check_tenant(tenant) if tenant is not None else DEFAULT_TENANT
+        # None: every tenant's jobs (this process holds the database credentials anyway).
+        self.visible_tenant: str | None = self.tenant if tenant is not None else None
+        self._owns_connections = True
+        self.list_time_limit_s = LIST_TIME_LIMIT_S
+
+    def for_tenant(self, tenant: str, *, see_all: bool = False) -> Client:
+        """A Client sharing this one's connections that submits as `tenant` and sees only its jobs
+        (all jobs with `see_all`); another tenant's job is not found. Closing it closes nothing."""
+        scoped = copy.copy(self)
+        scoped.tenant = check_tenant(tenant)
+        scoped.visible_tenant = None if see_all else tenant
+        scoped._owns_connections = False
+        return scoped
 
     # -- submitting -------------------------------------------------------------------------
     def classify(
@@ -165,13 +209,14 @@ class Client:
             input=job_input_of(request),
             priority=request.priority,
             idempotency_key=request.idempotency_key,
+            tenant=self.tenant,
             expires_at=utcnow() + timedelta(seconds=request.timeout) if request.timeout else None,
         )
 
     # -- reading ----------------------------------------------------------------------------
     def get(self, job_id: uuid.UUID | str) -> JobView:
         with self.sessions() as session:
-            job = store.get_job(session, job_id=_as_uuid(job_id))
+            job = store.get_job(session, job_id=_as_uuid(job_id), tenant=self.visible_tenant)
             if job is None:
                 raise JobNotFoundError(f"no job with id {job_id}")
             return JobView.model_validate(job)
@@ -184,11 +229,18 @@ class Client:
         with self.sessions() as session:
             found = {}
             for start in range(0, len(wanted), 500):
-                found.update({j.id: JobView.model_validate(j) for j in store.get_jobs(session, ids=wanted[start:start + 500])})
+                chunk = store.get_jobs(session, ids=wanted[start:start + 500], tenant=self.visible_tenant)
+                found.update({j.id: JobView.model_validate(j) for j in chunk})
         missing = [str(i) for i in wanted if i not in found]
         if missing:
             raise JobNotFoundError(f"no job with id {', '.join(missing[:5])}")
         return [found[i] for i in wanted]
+
+    def finished_among(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of `ids` are finished (of any tenant): one read for many waiters, in chunks of 500 ids."""
+        with self.sessions() as session:
+            return {job.id for start in range(0, len(ids), 500)
+                    for job in store.get_jobs(session, ids=ids[start:start + 500]) if job.status in FINISHED_STATUSES}
 
     def wait(self, job_id: uuid.UUID | str, *, timeout: float = 30.0, poll_interval: float = 1.0) -> JobView:
         """Block until the job is finished (succeeded, failed, cancelled or expired)."""
@@ -223,11 +275,98 @@ class Client:
     def cancel(self, job_id: uuid.UUID | str) -> JobView:
         """Cancel a queued or running job; a finished job is returned unchanged."""
         with self.sessions.begin() as session:
-            store.cancel_job(session, job_id=_as_uuid(job_id))
+            store.cancel_job(session, job_id=_as_uuid(job_id), tenant=self.visible_tenant)
         return self.get(job_id)
 
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | str | None = None,
+        model: str | None = None,
+        before: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs newest first, `limit` (1-200) per page; pass the page's `next_cursor` for the next one.
+
+        InvalidJobError names a bad filter or cursor; ListTimeoutError when the query runs past
+        `list_time_limit_s` (a rare filter over a big table).
+        """
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidJobError.single("limit", f"must be between 1 and {MAX_PAGE}")
+        if before is not None and before.utcoffset() is None:
+            raise InvalidJobError.single("before", "needs a time zone (e.g. 2024-05-01T12:00:00Z)")
+        if model is not None and not (0 < len(model) <= _MODEL_MAX_CHARS and model.isprintable()):
+            raise InvalidJobError.single("model", f"must be 1-{_MODEL_MAX_CHARS} printable characters")
+        try:
+            wanted = JobStatus(status) if status is not None else None
+        except ValueError:
+            raise InvalidJobError.single("status", f"must be one of {', '.join(JobStatus)}") from None
+        after = decode_cursor(cursor) if cursor is not None else None
+        try:
+            with self.sessions() as session:
+                rows = store.list_jobs(session, status=wanted, model=model, tenant=self.visible_tenant, limit=limit,
+                                       before=before, after=after, time_limit_s=self.list_time_limit_s)
+                jobs = [JobView.model_validate(j) for j in rows]
+        except TimeoutError:
+            raise ListTimeoutError(
+                f"listing jobs took longer than {self.list_time_limit_s:g} s: narrow it (status and model together, "
+                "or an earlier `before`)"
+            ) from None
+        if len(jobs) < limit:
+            return JobPage(jobs=jobs)
+        return JobPage(jobs=jobs, next_cursor=encode_cursor(store.PagePosition(jobs[-1].created_at, jobs[-1].id)))
+
+    # -- operations -------------------------------------------------------------------------
+    def ping(self, timeout: float = PING_TIMEOUT_S) -> Readiness:
+        """Whether the database (its jobs table) and the broker answer, each within `timeout` s."""
+        answers = _answers_within(timeout, database=self._ping_database, broker=lambda: self._ping_broker(timeout))
+        return Readiness(**answers)
+
+    def _ping_database(self) -> None:
+        with self.sessions() as session:
+            store.jobs_table_answers(session)
+
+    def _ping_broker(self, timeout: float) -> None:
+        if self._redis is None:
+            with self.publisher.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=timeout)
+            return
+        # A connection of its own: the shared one's timeouts are longer than a probe may wait.
+        probe = redis.Redis.from_url(self.settings.broker_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            probe.ping()
+        finally:
+            probe.close()
+
+    def workers(self) -> list[WorkerView]:
+        """Every worker as its last heartbeat described it (the workers table), by name."""
+        with self.sessions() as session:
+            return worker_views(session)
+
+    def queue_depths(self) -> dict[str, int]:
+        """Messages waiting on each registry model's queue."""
+        return {name: self.publisher.queue_depth(name) for name in self.registry.names()}
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.sessions() as session:
+            return store.count_by_status(session, tenant=self.visible_tenant)
+
+    def purge_finished(self, older_than: timedelta, *, batch_size: int = 10_000) -> int:
+        """Delete jobs that finished more than `older_than` ago, `batch_size` rows per transaction so
+        that no purge holds a long lock; returns how many went. Queued and running jobs stay."""
+        cutoff = utcnow() - older_than
+        total = 0
+        while True:
+            with self.sessions.begin() as session:
+                deleted = store.purge_jobs(session, finished_before=cutoff, limit=batch_size, tenant=self.visible_tenant)
+            total += deleted
+            if deleted < batch_size:
+                return total
+
     def close(self) -> None:
-        self.publisher.close()
+        if self._owns_connections:
+            self.publisher.close()
 
     def __enter__(self) -> Client:
         return self
@@ -264,6 +403,27 @@ def _queued_view(job: store.NewJob) -> JobView:
     )
 
 
+def _answers_within(timeout: float, **checks: Callable[[], None]) -> dict[str, str]:
+    """Runs the checks at once, each in a daemon thread, and waits at most `timeout` s for all of them."""
+    answers = dict.fromkeys(checks, "error: timeout")
+
+    def run(name: str, check: Callable[[], None]) -> None:
+        try:
+            check()
+            answers[name] = "ok"
+        except Exception as exc:
+            log.warning("%s check failed: %s", name, type(exc).__name__)
+            answers[name] = f"error: {type(exc).__name__}"
+
+    threads = [threading.Thread(target=run, args=item, daemon=True, name=f"textq-ping-{item[0]}") for item in checks.items()]
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return dict(answers)
+
+
 def _as_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
     if isinstance(job_id, uuid.UUID):
         return job_id
@@ -271,3 +431,6 @@ def _as_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
         return uuid.UUID(job_id)
     except ValueError:
         raise JobNotFoundError(f"{job_id!r} is not a job id (expected a UUID)") from None
+
+
+__all__ = ["Client", "JobPage", "JobStatus", "Readiness", "WorkerView"]

@@ -46,3 +46,7 @@ class IdempotencyConflictError(TextqError, ValueError):
         self.key = key
         self.reason = reason
         super().__init__(f"idempotency key {key!r} was used before for a different request: {reason}")
+
+
+class ListTimeoutError(TextqError, TimeoutError):
+    """Listing jobs ran past its time limit (a rare filter over a big table); narrow the filters."""

@@ -7,39 +7,46 @@ credentials): they submit, read, long-poll, list and cancel jobs over HTTP inste
 
 from __future__ import annotations
 
-import base64
 import hmac
 import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import partial
-from typing import Annotated, Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 import redis
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from pydantic import AfterValidator, BaseModel, Field, SecretStr, TypeAdapter, field_validator
+from pydantic import BaseModel, Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.orm import Session, sessionmaker
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as AsgiScope
 
-from db import store
-from db.models import FINISHED_STATUSES, Job, JobStatus
-from producer.client import Client
+from producer.client import Client, JobStatus
 from producer.contract import JobRequest, JobView
-from producer.errors import FieldError, IdempotencyConflictError, InvalidJobError, JobNotFoundError, TextqError
+from producer.errors import (
+    FieldError,
+    IdempotencyConflictError,
+    InvalidJobError,
+    JobNotFoundError,
+    ListTimeoutError,
+    TextqError,
+)
+from producer.paging import MAX_PAGE, JobPage
+from producer.tenants import DEFAULT_TENANT, ApiKey, Scope, load_api_keys
 from producer.waiter import FinishWaiter
 
 log = logging.getLogger(__name__)
@@ -47,8 +54,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_WAIT_S = 60.0
-MAX_PAGE = 200
 READY_CHECK_TIMEOUT_S = 3.0
+Access = Literal["open", "admin", "off"]
 UNAVAILABLE_RETRY_AFTER_S = 5
 # `curl -d` sends a form content type; the body is JSON all the same. Accepting it is safe: the key
 # is a header that a browser never adds by itself, so a cross-site form post cannot submit a job.
@@ -64,8 +71,12 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TEXTQ_API_", extra="ignore")
 
-    # TEXTQ_API_KEYS=key1,key2 — several keys so that a key can be rotated without downtime.
+    # Entries key[:tenant[:scope+scope]] (producer.tenants); several keys per tenant let a key rotate.
     keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    keys_file: Path | None = None
+    # /docs, /redoc, /openapi.json and /metrics: open to anyone, only to an admin key, or not served.
+    docs: Access = "open"
+    metrics: Access = "open"
     # Serve without keys: for a laptop only, never on a network.
     insecure_dev: bool = False
     max_body_bytes: int = Field(1024 * 1024, ge=1)
@@ -78,13 +89,6 @@ class GatewaySettings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
-
-
-class JobPage(BaseModel):
-    """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
-
-    jobs: list[JobView]
-    next_cursor: str | None = None
 
 
 class ErrorBody(BaseModel):
@@ -112,20 +116,24 @@ _SUBMIT_DOC = {"requestBody": {"required": True, "content": {"application/json":
 def create_app(client: Client | None = None, settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway app. A `client` given here is the caller's to close; one made here closes on shutdown.
 
-    Raises GatewayConfigError when no API key is configured, unless `insecure_dev` is set.
+    Raises GatewayConfigError when no API key is configured (unless `insecure_dev` is set) or a
+    key entry is malformed.
     """
     settings = settings or GatewaySettings()
-    if not settings.keys and not settings.insecure_dev:
+    try:
+        api_keys = load_api_keys([k.get_secret_value() for k in settings.keys], settings.keys_file)
+    except ValueError as exc:
+        raise GatewayConfigError(str(exc)) from None
+    if not api_keys and not settings.insecure_dev:
         raise GatewayConfigError(
-            "no API key configured: set TEXTQ_API_KEYS=<key>[,<key>...] "
+            "no API key configured: set TEXTQ_API_KEYS=<key>[,<key>...] or TEXTQ_API_KEYS_FILE "
             "(or TEXTQ_API_INSECURE_DEV=1 / --insecure-dev to serve without auth on a laptop)"
         )
-    if not settings.keys:
+    if not api_keys:
         log.warning("textq gateway is running WITHOUT authentication (insecure_dev)")
     owned = client is None
     the_client = client or Client()
-    waiter = FinishWaiter(the_client.settings.broker_url, partial(_finished_among, the_client.sessions),
-                          recheck_s=settings.wait_recheck_s)
+    waiter = FinishWaiter(the_client.settings.broker_url, the_client.finished_among, recheck_s=settings.wait_recheck_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -134,40 +142,91 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
         if owned:
             the_client.close()
 
-    app = FastAPI(title="textq", summary="NLP jobs behind a queue", version="1", lifespan=lifespan)
+    open_docs = settings.docs == "open"
+    app = FastAPI(title="textq", summary="NLP jobs behind a queue", version="1", lifespan=lifespan,
+                  docs_url="/docs" if open_docs else None, redoc_url="/redoc" if open_docs else None,
+                  openapi_url="/openapi.json" if open_docs else None)
+    app.state.keys = KeyRing(api_keys, the_client)
     app.state.waiter = waiter  # its `waiting` count tells operators and tests how many jobs are waited for
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(InvalidJobError, _invalid_job)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(JobNotFoundError, _not_found)
+    app.add_exception_handler(ListTimeoutError, _list_timeout)
     app.add_exception_handler(IdempotencyConflictError, _idempotency_conflict)
     for unavailable in (DBAPIError, PoolTimeoutError, redis.ConnectionError, redis.TimeoutError):
         app.add_exception_handler(unavailable, _unavailable)
-    _serve_metrics(app)
+    if settings.metrics != "off":
+        _serve_metrics(app, _guard(settings.metrics))
+    if settings.docs == "admin":
+        _serve_docs_to_admins(app)
     app.include_router(_health_routes(the_client))
-    app.include_router(_job_routes(the_client, waiter), dependencies=[Depends(_key_checker(settings))])
+    app.include_router(_job_routes(waiter), dependencies=[Depends(_caller)])
     _document_job_request(app)
     return app
 
 
 # -- auth -------------------------------------------------------------------------------------
-def _key_checker(settings: GatewaySettings) -> Callable[..., None]:
-    """A dependency that accepts `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
-    keys = [k.get_secret_value().encode() for k in settings.keys]
+class KeyRing:
+    """The API keys, each with its tenant and scopes, and the Client scoped to what each key may see."""
 
-    def require_key(
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
-        header: Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))],
-    ) -> None:
-        if not keys:  # insecure_dev without keys
-            return
-        given = (bearer.credentials if bearer else header or "").encode()
+    def __init__(self, keys: list[ApiKey], client: Client) -> None:
+        self._keys = [(k.key.encode(), k) for k in keys]
+        # insecure_dev without keys: every caller is an admin of the default tenant.
+        self._anonymous = None if keys else ApiKey("", DEFAULT_TENANT, frozenset({Scope.ADMIN}))
+        everyone = [*keys, *([self._anonymous] if self._anonymous else [])]
+        self._clients = {(k.tenant, k.sees_all): client.for_tenant(k.tenant, see_all=k.sees_all) for k in everyone}
+
+    def key_of(self, given: str) -> ApiKey | None:
+        if self._anonymous is not None:
+            return self._anonymous
         # compare_digest against every key: the time taken says nothing about which key is close.
-        if not any([hmac.compare_digest(given, k) for k in keys]):  # a list: no short-circuit on purpose
-            raise HTTPException(401, "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>",
-                                headers={"WWW-Authenticate": "Bearer"})
+        matches = [k for secret, k in self._keys if hmac.compare_digest(given.encode(), secret)]
+        return matches[0] if matches else None
 
-    return require_key
+    def client_of(self, key: ApiKey) -> Client:
+        return self._clients[(key.tenant, key.sees_all)]
+
+
+def _caller(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
+    header: Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))],
+) -> ApiKey:
+    """The caller's key, from `Authorization: Bearer <key>` or `X-API-Key: <key>`; 401 without one."""
+    key = _keys(request).key_of(bearer.credentials if bearer else header or "")
+    if key is None:
+        raise HTTPException(401, "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+def _keys(request: Request) -> KeyRing:
+    keys: KeyRing = request.app.state.keys
+    return keys
+
+
+class _Allowed:
+    """A dependency: the Client that sees the jobs the caller's key may see, if the key has `scope` (else 403)."""
+
+    def __init__(self, scope: Scope) -> None:
+        self.scope = scope
+
+    def __call__(self, request: Request, key: Annotated[ApiKey, Depends(_caller)]) -> Client:
+        if not key.allows(self.scope):
+            raise HTTPException(403, f"this API key lacks the {self.scope.value!r} scope "
+                                     f"(it has: {', '.join(sorted(key.scopes))})")
+        return _keys(request).client_of(key)
+
+
+_Submitter = Annotated[Client, Depends(_Allowed(Scope.SUBMIT))]
+_Reader = Annotated[Client, Depends(_Allowed(Scope.READ))]
+_Canceller = Annotated[Client, Depends(_Allowed(Scope.CANCEL))]
+
+
+def _guard(access: Access) -> list[Any]:
+    """Route dependencies for an `access` setting: none when open, an admin key otherwise."""
+    return [] if access == "open" else [Depends(_Allowed(Scope.ADMIN))]
 
 
 # -- body size ----------------------------------------------------------------------------------
@@ -181,7 +240,7 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -213,7 +272,7 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         detail = f"request body is larger than {self.max_bytes:,} bytes (TEXTQ_API_MAX_BODY_BYTES)"
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
@@ -244,6 +303,10 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _list_timeout(_request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=503)
 
 
 async def _idempotency_conflict(_request: Request, exc: Exception) -> JSONResponse:
@@ -284,8 +347,25 @@ def _document_job_request(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _serve_docs_to_admins(app: FastAPI) -> None:
+    """/openapi.json, /docs and /redoc for admin keys only (a browser needs a header extension to send one)."""
+    admin = _guard("admin")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=admin)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=admin)
+    def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="textq")
+
+    @app.get("/redoc", include_in_schema=False, dependencies=admin)
+    def redoc() -> Response:
+        return get_redoc_html(openapi_url="/openapi.json", title="textq")
+
+
 # -- metrics ----------------------------------------------------------------------------------
-def _serve_metrics(app: FastAPI) -> None:
+def _serve_metrics(app: FastAPI, dependencies: list[Any]) -> None:
     """Request counts and latency by route template at GET /metrics (Prometheus text format).
 
     A registry of the app's own, so that several apps in one process (tests) do not collide.
@@ -305,7 +385,7 @@ def _serve_metrics(app: FastAPI) -> None:
         latency.labels(request.method, route).observe(time.perf_counter() - started)
         return response
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=dependencies)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -322,47 +402,21 @@ def _health_routes(client: Client) -> APIRouter:
     @router.get("/readyz", responses={503: {"description": "the database or Redis does not answer"}})
     async def readyz() -> JSONResponse:
         """The database and Redis both answer: send traffic here."""
-        checks = {
-            "database": await _check(partial(_ping_database, client.sessions)),
-            "broker": await _check(partial(_ping_broker, client.settings.broker_url)),
-        }
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)
+        answers = await anyio.to_thread.run_sync(client.ping, READY_CHECK_TIMEOUT_S)
+        checks = {"database": answers.database, "broker": answers.broker}
+        return JSONResponse({"status": "ok" if answers.ready else "unavailable", "checks": checks},
+                            status_code=200 if answers.ready else 503)
 
     return router
 
 
-def _ping_database(sessions: sessionmaker[Session]) -> None:
-    # The jobs table, not just SELECT 1: an unmigrated database cannot serve a request either.
-    with sessions() as session:
-        session.execute(select(Job.id).limit(1))
-
-
-def _ping_broker(url: str) -> None:
-    connection = redis.Redis.from_url(url, socket_connect_timeout=READY_CHECK_TIMEOUT_S, socket_timeout=READY_CHECK_TIMEOUT_S)
-    try:
-        connection.ping()
-    finally:
-        connection.close()
-
-
-async def _check(ping: Callable[[], None]) -> str:
-    """'ok', or the error's class name only (its message may name hosts and users)."""
-    try:
-        with anyio.fail_after(READY_CHECK_TIMEOUT_S):
-            await anyio.to_thread.run_sync(ping, abandon_on_cancel=True)
-    except Exception as exc:
-        log.warning("readiness check failed: %s", type(exc).__name__)
-        return f"error: {type(exc).__name__}"
-    return "ok"
-
-
-def _job_routes(client: Client, waiter: FinishWaiter) -> APIRouter:
+def _job_routes(waiter: FinishWaiter) -> APIRouter:
     router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={
         401: {"description": "missing or unknown API key"},
+        403: {"description": "the key lacks the scope"},
         503: {"model": ErrorBody, "description": "the database or Redis does not answer; retry later"},
     })
-    sessions = client.sessions
+    # Each route's `client` is scoped to the caller's tenant: another tenant's job is a 404.
 
     async def blocking(fn: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(fn)
@@ -379,6 +433,7 @@ def _job_routes(client: Client, waiter: FinishWaiter) -> APIRouter:
     async def submit(
         request: Request,
         response: Response,
+        client: _Submitter,
         idempotency_key: Annotated[str | None, Header(description=(
             "same key and same request → the same job; the same key for a different request → 409. "
             "A batch's jobs are keyed apart from single jobs"))] = None,
@@ -400,21 +455,22 @@ def _job_routes(client: Client, waiter: FinishWaiter) -> APIRouter:
         response.headers["Location"] = f"/v1/jobs/{views[0].id}"
         return views[0]
 
-    @router.get("", response_model=JobPage, responses={422: {"model": ErrorBody}})
+    @router.get("", response_model=JobPage, responses={422: {"model": ErrorBody}, 503: {"description": "ran too long"}})
     async def list_jobs(
+        client: _Reader,
         status: JobStatus | None = None,
-        model: Annotated[str | None, AfterValidator(_no_nul)] = None,
+        model: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        before: Annotated[QueryTime | None, Query(description="only jobs created before this time (ISO 8601, zoned)")] = None,
+        before: Annotated[datetime | None, Query(description="only jobs created before this time (ISO 8601)")] = None,
         cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page")] = None,
     ) -> JobPage:
         """Jobs newest first, filtered by status and model, `limit` per page."""
-        start = _decode_cursor(cursor) if cursor else (before, 0)
-        return await blocking(partial(_page, sessions, status=status, model=model, limit=limit, start=start))
+        return await blocking(partial(client.list_jobs, status=status, model=model, before=before, limit=limit, cursor=cursor))
 
     @router.get("/{job_id}", response_model=JobView, responses={404: {"description": "no such job"}})
     async def get_job(
         request: Request,
+        client: _Reader,
         job_id: str,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll: seconds to wait for the job to finish")] = 0,
     ) -> JobView | Response:
@@ -425,7 +481,7 @@ def _job_routes(client: Client, waiter: FinishWaiter) -> APIRouter:
         return Response(status_code=CLIENT_CLOSED_REQUEST) if view is None else view
 
     @router.post("/{job_id}/cancel", response_model=JobView, responses={404: {"description": "no such job"}})
-    async def cancel_job(job_id: str) -> JobView:
+    async def cancel_job(client: _Canceller, job_id: str) -> JobView:
         """Cancel a queued or running job (a running job's result is discarded); a finished job is returned as is."""
         return await blocking(partial(client.cancel, job_id))
 
@@ -497,13 +553,6 @@ def _job_uuid(job_id: str) -> uuid.UUID:
         raise JobNotFoundError(f"{job_id!r} is not a job id (expected a UUID)") from None
 
 
-def _finished_among(sessions: sessionmaker[Session], ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-    """Which of the waited jobs are finished: the waiter's re-read, in chunks of 500 ids."""
-    with sessions() as session:
-        chunks = [store.get_jobs(session, ids=ids[start:start + 500]) for start in range(0, len(ids), 500)]
-        return {job.id for chunk in chunks for job in chunk if job.status in FINISHED_STATUSES}
-
-
 async def _unless_disconnected(request: Request, work: Callable[[], Awaitable[T]]) -> T | None:
     """`work()`, or None as soon as the client disconnects: a long poll does not outlive its caller."""
     result: T | None = None
@@ -526,61 +575,4 @@ async def _unless_disconnected(request: Request, work: Callable[[], Awaitable[T]
     return result
 
 
-# -- pagination -----------------------------------------------------------------------------------
-MAX_CURSOR_SKIP = 1_000_000  # beyond any batch; a larger number would overflow a SQL LIMIT
-
-
-def _in_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        raise ValueError("needs a time zone (e.g. 2024-05-01T12:00:00Z)")
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("is out of the range of dates") from None
-
-
-def _no_nul(value: str | None) -> str | None:
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain a NUL character")
-    return value
-
-
-QueryTime = Annotated[datetime, AfterValidator(_in_utc)]
-
-# A batch's jobs share one created_at, so "created before the last row" would skip the rest of a
-# batch cut by a page boundary. The cursor is therefore (t, n): jobs created at or before t,
-# skipping the first n of them (the n already shown that were created exactly at t).
-_Start = tuple[datetime | None, int]
-
-
-def _page(sessions: sessionmaker[Session], *, status: JobStatus | None, model: str | None, limit: int, start: _Start) -> JobPage:
-    bound, skip = start
-    # store.list_jobs is "created_at < before"; t + 1 µs makes it "<= t" (timestamps are µs).
-    before = bound + timedelta(microseconds=1) if bound is not None and skip else bound
-    with sessions() as session:
-        rows: list[Job] = store.list_jobs(session, status=status, model=model, limit=skip + limit, before=before)
-        jobs = [JobView.model_validate(j) for j in rows]
-    page = jobs[skip:]
-    if len(page) < limit:
-        return JobPage(jobs=page)
-    last = page[-1].created_at
-    return JobPage(jobs=page, next_cursor=_encode_cursor(last, sum(j.created_at == last for j in jobs)))
-
-
-def _encode_cursor(created_at: datetime, skip: int) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{skip}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> _Start:
-    try:
-        stamp, skip = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        created_at, count = _in_utc(datetime.fromisoformat(stamp)), int(skip)
-        # _page adds 1 µs to the time; a LIMIT of skip + limit must fit SQL's integers.
-        if created_at.replace(tzinfo=None) == datetime.max or not 0 <= count <= MAX_CURSOR_SKIP:
-            raise ValueError("out of range")
-        return created_at, count
-    except (ValueError, UnicodeDecodeError, OverflowError):
-        raise InvalidJobError.single("cursor", "is not a cursor this API returned (use next_cursor as given)") from None
-
-
-__all__ = ["BodySizeLimit", "GatewayConfigError", "GatewaySettings", "JobPage", "create_app"]
+__all__ = ["BodySizeLimit", "GatewayConfigError", "GatewaySettings", "JobPage", "KeyRing", "create_app"]

@@ -86,3 +86,42 @@ def test_status_purge_and_worker_check_from_the_cli(isolated_backend: Backend) -
         assert "deleted 3 finished jobs" in purge.stdout, purge.stderr
         assert client.get(queued.id).status == "queued"
         assert "deleted 0 finished jobs" in textq("jobs", "purge", "--older-than", "1s", env=env).stdout
+
+
+def test_ping_reports_each_dependency_within_its_timeout(backend: Backend, tmp_path: object) -> None:
+    import socket
+
+    with Client(database_url=backend.database_url, broker_url=backend.broker_url) as client:
+        assert client.ping().ready
+    # A server that accepts connections and never answers: only the timeout ends the wait.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        for database_url, broker_url, failed in [
+            (backend.database_url, f"redis://127.0.0.1:{port}/0", "broker"),
+            (f"postgresql://textq@127.0.0.1:{port}/textq", backend.broker_url, "database"),
+        ]:
+            with Client(database_url=database_url, broker_url=broker_url) as client:
+                started = time.monotonic()
+                answers = client.ping(timeout=0.5)
+                took = time.monotonic() - started
+            assert not answers.ready and getattr(answers, failed).startswith("error: ")
+            assert answers.database == "ok" or answers.broker == "ok"
+            assert took < 2, f"ping took {took:.1f} s with a 0.5 s timeout"
+
+
+def test_a_tenant_client_purges_and_counts_only_its_own_jobs(isolated_backend: Backend) -> None:
+    from datetime import timedelta
+
+    with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
+        acme, globex = client.for_tenant("acme"), client.for_tenant("globex")
+        mine, theirs = acme.classify(unique_text(), model="echo"), globex.classify(unique_text(), model="echo")
+        for job in (mine, theirs):
+            client.cancel(job.id)  # finished now
+        assert acme.count_by_status() == {"cancelled": 1} and client.count_by_status() == {"cancelled": 2}
+        assert acme.purge_finished(timedelta(seconds=0)) == 1
+        assert client.count_by_status() == {"cancelled": 1}
+        assert client.get(theirs.id).status == "cancelled"
+        assert client.purge_finished(timedelta(seconds=0), batch_size=1) == 1
+        assert client.count_by_status() == {}
