@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis
 from sqlalchemy import Connection
@@ -294,8 +294,8 @@ class Client:
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidJobError.single("limit", f"must be between 1 and {MAX_PAGE}")
-        if before is not None and before.utcoffset() is None:
-            raise InvalidJobError.single("before", "needs a time zone (e.g. 2024-05-01T12:00:00Z)")
+        if before is not None:
+            before = _in_utc(before, "before")
         if model is not None and not (0 < len(model) <= _MODEL_MAX_CHARS and model.isprintable()):
             raise InvalidJobError.single("model", f"must be 1-{_MODEL_MAX_CHARS} printable characters")
         try:
@@ -422,6 +422,16 @@ def _answers_within(timeout: float, **checks: Callable[[], None]) -> dict[str, s
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     return dict(answers)
+
+
+def _in_utc(value: datetime, field: str) -> datetime:
+    """`value` in UTC; InvalidJobError for a naive time or one whose UTC form is out of range."""
+    if value.utcoffset() is None:
+        raise InvalidJobError.single(field, "needs a time zone (e.g. 2024-05-01T12:00:00Z)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidJobError.single(field, "is out of the range of dates") from None
 
 
 def _as_uuid(job_id: uuid.UUID | str) -> uuid.UUID:
