@@ -12,6 +12,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from producer.batch_cli import batch
 from producer.contract import JobView
 from producer.errors import TextqError
 from producer.registry import load_registry
@@ -297,6 +298,9 @@ def api(host: str, port: int, insecure_dev: bool) -> None:
 
     settings = GatewaySettings(insecure_dev=True) if insecure_dev else GatewaySettings()
     uvicorn.run(create_app(settings=settings), host=host, port=port)
+
+
+cli.add_command(batch)
 
 
 def main() -> None:

@@ -7,11 +7,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
+from typing import Any
 
 from db import store
 from db.engine import session_factory, shared_engine
 from db.models import utcnow
 from db.settings import DatabaseSettings
+from producer.batches import Batches, BatchSource, BatchView
 from producer.broker import Publisher
 from producer.contract import (
     ClassifyRequest,
@@ -196,6 +199,16 @@ class Client:
         with self.sessions.begin() as session:
             store.cancel_job(session, job_id=_as_uuid(job_id))
         return self.get(job_id)
+
+    # -- batches ----------------------------------------------------------------------------
+    @cached_property
+    def batches(self) -> Batches:
+        """Files and batches (producer/batches.py): get, list_batches, cancel, wait, results."""
+        return Batches(self)
+
+    def submit_batch(self, source: BatchSource, **options: Any) -> BatchView:
+        """Upload a JSONL batch (a file's path, or the lines as dicts), create the batch and enqueue its jobs."""
+        return self.batches.submit(source, **options)
 
     def close(self) -> None:
         self.publisher.close()

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from db import store
 from db.models import Job, JobStatus
+from producer.batch_routes import FILES_PATH, include_batch_routes
 from producer.client import Client
 from producer.contract import JobRequest, JobView
 from producer.errors import FieldError, InvalidJobError, JobNotFoundError, JobTimeoutError, TextqError
@@ -122,13 +123,14 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
             the_client.close()
 
     app = FastAPI(title="textq", summary="NLP jobs behind a queue", version="1", lifespan=lifespan)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_paths=(FILES_PATH,))
     app.add_exception_handler(InvalidJobError, _invalid_job)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(JobNotFoundError, _not_found)
     _serve_metrics(app)
     app.include_router(_health_routes(the_client))
     app.include_router(_job_routes(the_client, settings), dependencies=[Depends(_key_checker(settings))])
+    include_batch_routes(app, the_client, dependencies=[Depends(_key_checker(settings))])
     _document_job_request(app)
     return app
 
@@ -158,14 +160,16 @@ class BodySizeLimit:
     """Answers 413 to a body over `max_bytes`: by its Content-Length, or by counting a chunked one.
 
     Pure ASGI so that an oversized body is refused while it streams in, before it is buffered whole.
+    Paths under `exempt_paths` (file uploads) stream through unbuffered and enforce their own limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt_paths = exempt_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt_paths):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
