@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
     text,
 )
@@ -101,6 +102,8 @@ class Job(Base):
     batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     batch_line: Mapped[int | None] = mapped_column(Integer, nullable=True)
     custom_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Where to POST the finished job (db/webhooks.py queues the delivery in the result's transaction).
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         CheckConstraint(
@@ -209,3 +212,73 @@ class Batch(Base):
         Index("ix_batches_unfinished", "status", postgresql_where=text(_UNFINISHED_BATCH),
               sqlite_where=text(_UNFINISHED_BATCH)),
     )
+
+
+class WebhookEndpoint(Base):
+    """A URL registered to receive events, with its signing secret (and the previous one while it is rotated)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    # Comma-separated event types (job.finished, batch.finished): matched with LIKE on every backend.
+    events: Mapped[str] = mapped_column(String(255))
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """One event for one URL: written with the result it reports, sent (and retried) by a webhook sender.
+
+    Its id is the message's `webhook-id`, the same on every attempt, so receivers deduplicate by it.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    endpoint_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The endpoint's id, or '' for the job's or batch's own webhook_url: one delivery per event and target.
+    target: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The body as first sent: every retry sends the same bytes.
+    payload: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("event_type", "subject_id", "target", name="uq_webhook_deliveries_event_target"),
+        Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+    )
+
+
+class WebhookAttempt(Base):
+    """One try at a delivery: what the receiver answered and how long it took (bodies only as an excerpt)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(Integer, ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response_excerpt: Mapped[str | None] = mapped_column(Text, nullable=True)

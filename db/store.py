@@ -61,6 +61,7 @@ class NewJob:
     priority: int = 0
     idempotency_key: str | None = None
     expires_at: datetime | None = None
+    webhook_url: str | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=utcnow)
 
@@ -159,6 +160,7 @@ def create_jobs(session: Session | Connection, *, jobs: Sequence[NewJob]) -> lis
             "priority": j.priority,
             "idempotency_key": j.idempotency_key,
             "expires_at": j.expires_at,
+            "webhook_url": j.webhook_url,
             "attempts": 0,
             "created_at": j.created_at,
             "published_at": j.created_at,
@@ -177,18 +179,18 @@ def _json_row(job: NewJob) -> dict[str, Any]:
     return {
         "id": str(job.id), "model": job.model, "task": job.task, "input": job.input, "priority": job.priority,
         "idempotency_key": job.idempotency_key, "created_at": job.created_at.isoformat(),
-        "expires_at": None if job.expires_at is None else job.expires_at.isoformat(),
+        "expires_at": None if job.expires_at is None else job.expires_at.isoformat(), "webhook_url": job.webhook_url,
     }
 
 
 _INSERT_FROM_JSON = text(
     f"""INSERT INTO {JOBS.name} (id, model, task, status, input, priority, idempotency_key, expires_at,
-                         attempts, created_at, published_at, publish_count)
+                         webhook_url, attempts, created_at, published_at, publish_count)
     SELECT id, model, task, '{JobStatus.QUEUED.value}', input, priority, idempotency_key, expires_at,
-           0, created_at, created_at, 1
+           webhook_url, 0, created_at, created_at, 1
     FROM jsonb_to_recordset(CAST(:jobs AS jsonb))
          AS n(id uuid, model text, task text, input jsonb, priority integer, idempotency_key text,
-              expires_at timestamptz, created_at timestamptz)
+              expires_at timestamptz, webhook_url text, created_at timestamptz)
     ON CONFLICT (idempotency_key) DO NOTHING"""
 )
 

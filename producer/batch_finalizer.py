@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import batches as store
+from db import webhooks
 from db.models import BatchStatus, Job, JobStatus, StoredFile, utcnow
 from producer.batch_files import ChunkWriter
 from producer.batch_loader import INVALID_LINE_ERROR
@@ -71,6 +72,7 @@ def _write_results(session: Session, batch_id: str, owner: str) -> None:
     )
     if not ended:
         raise _LeaseLost(batch_id)
+    webhooks.queue_batch_event(session, batch_id=batch_id)  # with the batch's end: never lost
     log.info("batch %s %s: %d succeeded, %d not", batch_id, status.value, succeeded, sum(counts.values()) - succeeded)
 
 

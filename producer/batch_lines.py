@@ -22,7 +22,7 @@ MAX_CUSTOM_ID_CHARS = 255
 _LINE_FIELDS = ("custom_id", "method", "url", "body")
 # Set once per batch, so a line may not set them: the batch's priority and completion window rule
 # its jobs, and its custom_ids deduplicate it.
-_BATCH_LEVEL_FIELDS = ("priority", "timeout", "idempotency_key")
+_BATCH_LEVEL_FIELDS = ("priority", "timeout", "idempotency_key", "webhook_url")
 
 
 @dataclass(frozen=True, slots=True)

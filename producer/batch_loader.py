@@ -21,6 +21,7 @@ from sqlalchemy import case, func
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import batches as store
+from db import webhooks
 from db.models import Batch, BatchStatus, JobStatus, utcnow
 from db.store import EXPIRED_ERROR, EXPIRED_MESSAGE
 from producer.batch_files import file_lines
@@ -230,8 +231,9 @@ def _renew(context: LoaderContext, batch_id: str, owner: str) -> bool:
 def _fail(context: LoaderContext, batch_id: str, owner: str, *, total: int, errors: list[dict[str, Any]]) -> None:
     now = utcnow()
     with context.sessions.begin() as session:
-        store.end_batch(session, batch_id=batch_id, owner=owner, status=BatchStatus.FAILED.value, failed_at=now,
-                        total=total, loaded=True, errors={"object": "list", "data": errors})
+        if store.end_batch(session, batch_id=batch_id, owner=owner, status=BatchStatus.FAILED.value, failed_at=now,
+                           total=total, loaded=True, errors={"object": "list", "data": errors}):
+            webhooks.queue_batch_event(session, batch_id=batch_id)
 
 
 __all__ = ["INVALID_LINE_ERROR", "LINES_PER_TRANSACTION", "LoaderContext", "job_id_of", "load_batch"]

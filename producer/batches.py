@@ -33,6 +33,8 @@ from producer.batch_lines import BATCH_ENDPOINT
 from producer.batch_loader import LoaderContext, load_batch
 from producer.batch_settings import BatchSettings
 from producer.contract import MAX_TIMEOUT_S
+from producer.errors import InvalidJobError
+from producer.webhooks import check_webhook_url
 
 if TYPE_CHECKING:
     from producer.client import Client
@@ -65,6 +67,7 @@ class BatchRequest(BaseModel):
     metadata: dict[str, Annotated[str, Field(max_length=512)]] | None = None
     priority: Annotated[int | None, Strict(), Field(ge=0, le=9, description="0 runs first, 9 last; default 8")] = None
     skip_invalid_lines: bool = Field(False, description="enqueue the valid lines; bad ones go to the error file")
+    webhook_url: str | None = Field(None, max_length=2048, description="https URL to POST the ended batch to (signed)")
 
     @field_validator("endpoint")
     @classmethod
@@ -187,6 +190,11 @@ class Batches:
         """Record a batch (validating) over an uploaded file; `load` validates and enqueues it."""
         if not isinstance(request, BatchRequest):
             request = _parse_batch_request(request)
+        if request.webhook_url is not None:
+            try:
+                check_webhook_url(request.webhook_url)
+            except InvalidJobError as exc:
+                raise BatchInputError(str(exc.errors[0]), param="webhook_url") from None
         now = utcnow()
         with self.sessions.begin() as session:
             source = store.get_file(session, file_id=request.input_file_id)
@@ -199,7 +207,8 @@ class Batches:
                 id=f"batch_{uuid.uuid4().hex}", endpoint=request.endpoint, input_file_id=request.input_file_id,
                 completion_window=request.completion_window, status=BatchStatus.VALIDATING.value,
                 priority=self.settings.default_priority if request.priority is None else request.priority,
-                skip_invalid_lines=request.skip_invalid_lines, meta=request.metadata, created_at=now,
+                skip_invalid_lines=request.skip_invalid_lines, webhook_url=request.webhook_url, meta=request.metadata,
+                created_at=now,
                 expires_at=now + parse_window(request.completion_window), total=0, loaded_lines=0, loaded=False,
                 completed=0, failed=0,
             )
@@ -289,7 +298,8 @@ class Batches:
                 yield from _json_lines(self.file_content(file_id))
 
     def submit(self, source: BatchSource, *, completion_window: str = "24h", priority: int | None = None,
-               skip_invalid_lines: bool = False, metadata: dict[str, str] | None = None) -> BatchView:
+               skip_invalid_lines: bool = False, metadata: dict[str, str] | None = None,
+               webhook_url: str | None = None) -> BatchView:
         """Upload `source` (a JSONL file's path, or the lines as dicts), create the batch and load it here."""
         if isinstance(source, str | os.PathLike):
             path = Path(source)
@@ -297,7 +307,8 @@ class Batches:
         else:
             upload = self.upload(_encoded_lines(source), filename="batch.jsonl")
         batch = self.create(BatchRequest(input_file_id=upload.id, endpoint=BATCH_ENDPOINT, completion_window=completion_window,
-                                         priority=priority, skip_invalid_lines=skip_invalid_lines, metadata=metadata))
+                                         priority=priority, skip_invalid_lines=skip_invalid_lines, metadata=metadata,
+                                         webhook_url=webhook_url))
         self.load(batch.id)
         return self.get(batch.id)
 

@@ -17,6 +17,7 @@ from producer.contract import JobView
 from producer.errors import TextqError
 from producer.registry import load_registry
 from producer.settings import producer_settings
+from producer.webhook_cli import webhooks
 from producer.worker_process import worker_command, worker_environment
 
 
@@ -301,6 +302,7 @@ def api(host: str, port: int, insecure_dev: bool) -> None:
 
 
 cli.add_command(batch)
+cli.add_command(webhooks)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from producer.limits import record_limits
 from producer.notify import watch_finished
 from producer.registry import Registry, load_registry
 from producer.settings import ProducerSettings, producer_settings
+from producer.webhooks import check_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class Client:
         try:
             request = parse_request(raw if isinstance(raw, dict) else raw.model_dump(), self.settings.limits)
             spec = resolve_model(request, self.registry)
+            if request.webhook_url is not None:
+                check_webhook_url(request.webhook_url)
         except InvalidJobError as exc:
             if not multiple:
                 raise
@@ -140,6 +143,7 @@ class Client:
             priority=request.priority,
             idempotency_key=request.idempotency_key,
             expires_at=utcnow() + timedelta(seconds=request.timeout) if request.timeout else None,
+            webhook_url=request.webhook_url,
         )
 
     # -- reading ----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from producer.batch_routes import FILES_PATH, include_batch_routes
 from producer.client import Client
 from producer.contract import JobRequest, JobView
 from producer.errors import FieldError, InvalidJobError, JobNotFoundError, JobTimeoutError, TextqError
+from producer.webhook_routes import include_webhook_routes
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
     app.include_router(_health_routes(the_client))
     app.include_router(_job_routes(the_client, settings), dependencies=[Depends(_key_checker(settings))])
     include_batch_routes(app, the_client, dependencies=[Depends(_key_checker(settings))])
+    include_webhook_routes(app, the_client, dependencies=[Depends(_key_checker(settings))])
     _document_job_request(app)
     return app
 
