@@ -9,10 +9,14 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -100,6 +104,12 @@ class Job(Base):
     publish_count: Mapped[int] = mapped_column(Integer, default=0)
     # A job released for a retry is not claimed before this time (its backoff).
     retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A batch's job: its batch, the input file's line and the line's custom_id (db/batches.py).
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    batch_line: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    custom_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Where to POST the finished job (db/webhooks.py queues the delivery in the result's transaction).
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         CheckConstraint(
@@ -119,6 +129,9 @@ class Job(Base):
             postgresql_where=text("status IN ('queued', 'running')"),
             sqlite_where=text("status IN ('queued', 'running')"),
         ),
+        # Partial: jobs outside batches (most) cost this index nothing.
+        Index("ix_jobs_batch_line", "batch_id", "batch_line",
+              postgresql_where=text("batch_id IS NOT NULL"), sqlite_where=text("batch_id IS NOT NULL")),
     )
 
 
@@ -137,3 +150,161 @@ class Worker(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     jobs_in_hand: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16))
+
+
+class BatchStatus(StrEnum):
+    """A batch's states, as the OpenAI Batch API names them."""
+
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+FINAL_BATCH_STATUSES = frozenset({BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
+
+
+_UNFINISHED_BATCH = "status IN ('validating', 'in_progress', 'finalizing', 'cancelling')"
+
+
+class StoredFile(Base):
+    """An uploaded batch input file, or a batch's output or error file; its bytes are in `file_chunks`."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    lines: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FileChunk(Base):
+    """Up to about a megabyte of a file's whole lines, so that files stream in and out in chunks."""
+
+    __tablename__ = "file_chunks"
+
+    file_id: Mapped[str] = mapped_column(String(64), ForeignKey("files.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_line: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Batch(Base):
+    """A batch of jobs from an input file (the OpenAI Batch API's object); its jobs carry `batch_id`."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    input_file_id: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.VALIDATING)
+    priority: Mapped[int] = mapped_column(Integer)
+    skip_invalid_lines: Mapped[bool] = mapped_column(Boolean, default=False)
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[Any | None] = mapped_column("metadata", JSONType, nullable=True)
+    errors: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Lines that become jobs (valid ones, and invalid ones when skipped): known after validation.
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    # The input file's lines handled so far by the loader (a resumed loader starts after them), and whether all are.
+    loaded_lines: Mapped[int] = mapped_column(Integer, default=0)
+    loaded: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Final counts, written when the batch ends (until then they are counted from its jobs).
+    completed: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Who loads or finalizes the batch now, until when: another process takes over after.
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        Index("ix_batches_created_at", "created_at"),
+        Index("ix_batches_unfinished", "status", postgresql_where=text(_UNFINISHED_BATCH),
+              sqlite_where=text(_UNFINISHED_BATCH)),
+    )
+
+
+class WebhookEndpoint(Base):
+    """A URL registered to receive events, with its signing secret (and the previous one while it is rotated)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    # Comma-separated event types (job.finished, batch.finished): matched with LIKE on every backend.
+    events: Mapped[str] = mapped_column(String(255))
+    secret: Mapped[str] = mapped_column(String(128))
+    previous_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """One event for one URL: written with the result it reports, sent (and retried) by a webhook sender.
+
+    Its id is the message's `webhook-id`, the same on every attempt, so receivers deduplicate by it.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    subject_id: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    endpoint_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The endpoint's id, or '' for the job's or batch's own webhook_url: one delivery per event and target.
+    target: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The body as first sent: every retry sends the same bytes.
+    payload: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("event_type", "subject_id", "target", name="uq_webhook_deliveries_event_target"),
+        Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+    )
+
+
+class WebhookAttempt(Base):
+    """One try at a delivery: what the receiver answered and how long it took (bodies only as an excerpt)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(Integer, ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response_excerpt: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -67,6 +67,7 @@ class NewJob:
     idempotency_key: str | None = None
     expires_at: datetime | None = None
     tenant: str = DEFAULT_TENANT
+    webhook_url: str | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=utcnow)
 
@@ -172,6 +173,7 @@ def create_or_get_jobs(session: Session | Connection, *, jobs: Sequence[NewJob])
             "idempotency_key": j.idempotency_key,
             "tenant": j.tenant,
             "expires_at": j.expires_at,
+            "webhook_url": j.webhook_url,
             "attempts": 0,
             "created_at": j.created_at,
             "published_at": j.created_at,
@@ -190,18 +192,18 @@ def _json_row(job: NewJob) -> dict[str, Any]:
     return {
         "id": str(job.id), "model": job.model, "task": job.task, "input": job.input, "priority": job.priority,
         "idempotency_key": job.idempotency_key, "tenant": job.tenant, "created_at": job.created_at.isoformat(),
-        "expires_at": None if job.expires_at is None else job.expires_at.isoformat(),
+        "expires_at": None if job.expires_at is None else job.expires_at.isoformat(), "webhook_url": job.webhook_url,
     }
 
 
 _INSERT_FROM_JSON = text(
     f"""INSERT INTO {JOBS.name} (id, model, task, status, input, priority, idempotency_key, tenant, expires_at,
-                         attempts, created_at, published_at, publish_count)
+                         webhook_url, attempts, created_at, published_at, publish_count)
     SELECT id, model, task, '{JobStatus.QUEUED.value}', input, priority, idempotency_key, tenant, expires_at,
-           0, created_at, created_at, 1
+           webhook_url, 0, created_at, created_at, 1
     FROM jsonb_to_recordset(CAST(:jobs AS jsonb))
          AS n(id uuid, model text, task text, input jsonb, priority integer, idempotency_key text, tenant text,
-              expires_at timestamptz, created_at timestamptz)
+              expires_at timestamptz, webhook_url text, created_at timestamptz)
     ON CONFLICT (tenant, idempotency_key) DO NOTHING"""
 )
 

@@ -12,10 +12,12 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from producer.batch_cli import batch
 from producer.contract import JobView
 from producer.errors import TextqError
 from producer.registry import load_registry
 from producer.settings import producer_settings
+from producer.webhook_cli import webhooks
 from producer.worker_process import worker_command, worker_environment
 
 
@@ -302,6 +304,10 @@ def api(host: str, port: int, insecure_dev: bool) -> None:
 
     settings = GatewaySettings(insecure_dev=True) if insecure_dev else GatewaySettings()
     uvicorn.run(create_app(settings=settings), host=host, port=port)
+
+
+cli.add_command(batch)
+cli.add_command(webhooks)
 
 
 def main() -> None:

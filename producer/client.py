@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Any
 
 import redis
 from sqlalchemy import Connection
@@ -19,6 +21,7 @@ from db import store
 from db.engine import session_factory, shared_engine
 from db.models import DEFAULT_TENANT, FINISHED_STATUSES, JobStatus, utcnow
 from db.settings import DatabaseSettings
+from producer.batches import Batches, BatchSource, BatchView
 from producer.broker import Publisher
 from producer.contract import (
     ClassifyRequest,
@@ -43,6 +46,7 @@ from producer.paging import MAX_PAGE, JobPage, decode_cursor, encode_cursor
 from producer.registry import Registry, load_registry
 from producer.settings import ProducerSettings, producer_settings
 from producer.tenants import check_tenant
+from producer.webhooks import check_webhook_url
 from producer.workers import WorkerView, worker_views
 
 log = logging.getLogger(__name__)
@@ -197,6 +201,8 @@ class Client:
         try:
             request = parse_request(raw if isinstance(raw, dict) else raw.model_dump(), self.settings.limits)
             spec = resolve_model(request, self.registry)
+            if request.webhook_url is not None:
+                check_webhook_url(request.webhook_url)
         except InvalidJobError as exc:
             if not multiple:
                 raise
@@ -211,6 +217,7 @@ class Client:
             idempotency_key=request.idempotency_key,
             tenant=self.tenant,
             expires_at=utcnow() + timedelta(seconds=request.timeout) if request.timeout else None,
+            webhook_url=request.webhook_url,
         )
 
     # -- reading ----------------------------------------------------------------------------
@@ -363,6 +370,16 @@ class Client:
             total += deleted
             if deleted < batch_size:
                 return total
+
+    # -- batches ----------------------------------------------------------------------------
+    @cached_property
+    def batches(self) -> Batches:
+        """Files and batches (producer/batches.py): get, list_batches, cancel, wait, results."""
+        return Batches(self)
+
+    def submit_batch(self, source: BatchSource, **options: Any) -> BatchView:
+        """Upload a JSONL batch (a file's path, or the lines as dicts), create the batch and enqueue its jobs."""
+        return self.batches.submit(source, **options)
 
     def close(self) -> None:
         if self._owns_connections:

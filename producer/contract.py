@@ -185,6 +185,7 @@ class JobOptions(BaseModel):
     timeout: Timeout | None = Field(
         None, description=f"seconds from submit after which the job expires unrun (at most {MAX_TIMEOUT_S}: 7 days)"
     )
+    webhook_url: str | None = Field(None, max_length=2048, description="https URL to POST the finished job to (signed)")
 
 
 class ClassifyRequest(JobOptions, ClassifyInput):

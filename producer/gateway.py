@@ -35,6 +35,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as AsgiScope
 
+from producer.batch_routes import FILES_PATH, include_batch_routes
 from producer.client import Client, JobStatus
 from producer.contract import JobRequest, JobView
 from producer.errors import (
@@ -48,6 +49,7 @@ from producer.errors import (
 from producer.paging import MAX_PAGE, JobPage
 from producer.tenants import DEFAULT_TENANT, ApiKey, Scope, load_api_keys
 from producer.waiter import FinishWaiter
+from producer.webhook_routes import include_webhook_routes
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
                   openapi_url="/openapi.json" if open_docs else None)
     app.state.keys = KeyRing(api_keys, the_client)
     app.state.waiter = waiter  # its `waiting` count tells operators and tests how many jobs are waited for
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_paths=(FILES_PATH,))
     app.add_exception_handler(InvalidJobError, _invalid_job)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(JobNotFoundError, _not_found)
@@ -162,6 +164,9 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
         _serve_docs_to_admins(app)
     app.include_router(_health_routes(the_client))
     app.include_router(_job_routes(waiter), dependencies=[Depends(_caller)])
+    # Batches and webhook endpoints are gateway-wide: any valid key (not yet scoped by tenant).
+    include_batch_routes(app, the_client, dependencies=[Depends(_caller)])
+    include_webhook_routes(app, the_client, dependencies=[Depends(_caller)])
     _document_job_request(app)
     return app
 
@@ -234,14 +239,16 @@ class BodySizeLimit:
     """Answers 413 to a body over `max_bytes`: by its Content-Length, or by counting a chunked one.
 
     Pure ASGI so that an oversized body is refused while it streams in, before it is buffered whole.
+    Paths under `exempt_paths` (file uploads) stream through unbuffered and enforce their own limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt_paths = exempt_paths
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt_paths):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")

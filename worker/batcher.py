@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import store
+from db import store, webhooks
 from db.models import utcnow
 from db.store import Outcome
 from producer.contract import JobInput, parse_job_input
@@ -302,6 +302,7 @@ class Batcher:
             with self.sessions.begin() as session:
                 store.finish_jobs(session, outcomes=finished)
                 store.release_jobs(session, outcomes=released)
+                webhooks.queue_job_events(session, job_ids=[o.id for o in finished])  # with the result: never lost
 
         self.policy.with_retries(write, what=f"write {self.spec.name} results")
         if self.on_batch is not None:

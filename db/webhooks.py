@@ -1,0 +1,192 @@
+"""The store API of webhooks: endpoints, deliveries and their attempts.
+
+A delivery is queued by `queue_job_events` / `queue_batch_event` inside the transaction that writes
+the result it reports, so a crash can lose neither without the other. Senders claim due deliveries
+with a lease (one conditional UPDATE; SKIP LOCKED on PostgreSQL), so two never send one at once.
+Functions take a session, are keyword-only and never commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, String, Table, delete, func, insert, literal, null, or_, select, true, union_all, update
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.models import (
+    FINISHED_STATUSES,
+    Batch,
+    DeliveryStatus,
+    Job,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    utcnow,
+)
+
+JOB_FINISHED = "job.finished"
+BATCH_FINISHED = "batch.finished"
+EVENT_TYPES = (JOB_FINISHED, BATCH_FINISHED)
+DELIVERIES = cast(Table, WebhookDelivery.__table__)
+_COLUMNS = ["event_type", "subject_id", "url", "endpoint_id", "target", "status", "attempts", "next_attempt_at", "created_at"]
+
+
+def _subscribed(event_type: str) -> ColumnElement[bool]:
+    return WebhookEndpoint.events.like(f"%{event_type}%")
+
+
+def _queue(session: Session, own: Any, endpoints: Any) -> None:
+    dialect = session.get_bind().dialect.name
+    into = postgresql.insert(DELIVERIES) if dialect == "postgresql" else sqlite.insert(DELIVERIES)
+    # The unique (event, subject, target) makes queueing twice (a retried write, two finalizers) one delivery.
+    session.execute(into.from_select(_COLUMNS, union_all(own, endpoints)).on_conflict_do_nothing(
+        index_elements=["event_type", "subject_id", "target"]))
+
+
+def _values(event_type: str, subject: Any, url: Any, endpoint_id: Any, target: Any, now: datetime) -> list[Any]:
+    # A job's id as 32 hex digits on every backend (PostgreSQL's text form has dashes, SQLite's none).
+    return [literal(event_type, String()), func.replace(sql_cast(subject, String()), "-", ""), url, endpoint_id, target,
+            literal(DeliveryStatus.PENDING.value, String()), literal(0), literal(now, WebhookDelivery.next_attempt_at.type),
+            literal(now, WebhookDelivery.created_at.type)]
+
+
+def queue_job_events(session: Session, *, job_ids: Sequence[uuid.UUID]) -> None:
+    """Queue `job.finished` for the finished jobs among `job_ids`: to each one's own webhook_url, and
+    to every endpoint subscribed. Call it in the transaction that finishes them."""
+    if not job_ids:
+        return
+    now = utcnow()
+    finished = [Job.id.in_(list(job_ids)), Job.status.in_(list(FINISHED_STATUSES))]
+    own = select(*_values(JOB_FINISHED, Job.id, Job.webhook_url, null(), literal("", String()), now)).where(
+        *finished, Job.webhook_url.is_not(None))
+    endpoints = (select(*_values(JOB_FINISHED, Job.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id, now))
+                 .select_from(Job).join(WebhookEndpoint, true()).where(*finished, _subscribed(JOB_FINISHED)))
+    _queue(session, own, endpoints)
+
+
+def queue_batch_event(session: Session, *, batch_id: str) -> None:
+    """Queue `batch.finished` for the batch (to its own webhook_url and the subscribed endpoints);
+    call it in the transaction that ends the batch."""
+    now = utcnow()
+    own = select(*_values(BATCH_FINISHED, Batch.id, Batch.webhook_url, null(), literal("", String()), now)).where(
+        Batch.id == batch_id, Batch.webhook_url.is_not(None))
+    endpoints = (select(*_values(BATCH_FINISHED, Batch.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id, now))
+                 .select_from(Batch).join(WebhookEndpoint, true()).where(Batch.id == batch_id, _subscribed(BATCH_FINISHED)))
+    _queue(session, own, endpoints)
+
+
+def claim_due(session: Session, *, owner: str, until: datetime, limit: int) -> list[WebhookDelivery]:
+    """Lease up to `limit` pending deliveries that are due and not leased to a live sender."""
+    now = utcnow()
+    free = or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until < now)
+    due = (select(WebhookDelivery.id)
+           .where(WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now, free)
+           .order_by(WebhookDelivery.next_attempt_at).limit(limit))
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    # One statement: on SQLite it takes the write lock first, so a second sender waits, then finds them leased.
+    claimed = session.scalars(
+        update(WebhookDelivery).where(WebhookDelivery.id.in_(due.scalar_subquery()), free)
+        .values(lease_owner=owner, lease_until=until).returning(WebhookDelivery.id),
+        execution_options={"synchronize_session": False},
+    ).all()
+    if not claimed:
+        return []
+    rows = select(WebhookDelivery).where(WebhookDelivery.id.in_(list(claimed))).order_by(WebhookDelivery.id)
+    return list(session.scalars(rows.execution_options(populate_existing=True)).all())
+
+
+def record_attempt(session: Session, *, delivery: WebhookDelivery, owner: str, payload: str, started_at: datetime,
+                   latency_ms: int, status_code: int | None, error: str | None, response_excerpt: str | None,
+                   next_attempt_at: datetime | None) -> bool:
+    """Log an attempt and set the delivery's state: delivered (2xx), due again at `next_attempt_at`,
+    or failed (None). False, and nothing written, if the lease was lost meanwhile."""
+    attempt = delivery.attempts + 1
+    delivered = status_code is not None and 200 <= status_code < 300
+    status = DeliveryStatus.DELIVERED if delivered else DeliveryStatus.PENDING if next_attempt_at else DeliveryStatus.FAILED
+    result = session.execute(
+        update(WebhookDelivery).where(WebhookDelivery.id == delivery.id, WebhookDelivery.lease_owner == owner)
+        .values(status=status.value, attempts=attempt, payload=payload, lease_owner=None, lease_until=None,
+                next_attempt_at=next_attempt_at or delivery.next_attempt_at, last_status_code=status_code,
+                last_error=error, finished_at=None if status is DeliveryStatus.PENDING else utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    session.execute(insert(WebhookAttempt).values(
+        delivery_id=delivery.id, attempt=attempt, started_at=started_at, status_code=status_code, latency_ms=latency_ms,
+        error=error, response_excerpt=response_excerpt))
+    return True
+
+
+def deliveries(session: Session, *, subject_id: str | None = None, status: DeliveryStatus | None = None,
+               limit: int = 50) -> list[WebhookDelivery]:
+    stmt = select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(limit)
+    if subject_id is not None:
+        stmt = stmt.where(WebhookDelivery.subject_id == subject_id)
+    if status is not None:
+        stmt = stmt.where(WebhookDelivery.status == status)
+    return list(session.scalars(stmt).all())
+
+
+def attempts_of(session: Session, *, delivery_id: int) -> list[WebhookAttempt]:
+    stmt = select(WebhookAttempt).where(WebhookAttempt.delivery_id == delivery_id).order_by(WebhookAttempt.attempt)
+    return list(session.scalars(stmt).all())
+
+
+# -- endpoints ----------------------------------------------------------------------------------
+def add_endpoint(session: Session, *, endpoint: WebhookEndpoint) -> None:
+    session.add(endpoint)
+    session.flush()
+
+
+def get_endpoint(session: Session, *, endpoint_id: str) -> WebhookEndpoint | None:
+    return session.get(WebhookEndpoint, endpoint_id, populate_existing=True)
+
+
+def list_endpoints(session: Session) -> list[WebhookEndpoint]:
+    return list(session.scalars(select(WebhookEndpoint).order_by(WebhookEndpoint.created_at)).all())
+
+
+def endpoints_by_id(session: Session, *, ids: Sequence[str]) -> dict[str, WebhookEndpoint]:
+    found = session.scalars(select(WebhookEndpoint).where(WebhookEndpoint.id.in_(list(ids)))).all()
+    return {e.id: e for e in found}
+
+
+def rotate_secret(session: Session, *, endpoint_id: str, secret: str, previous_until: datetime) -> bool:
+    """The new secret signs from now on; the current one keeps signing too until `previous_until`."""
+    result = session.execute(
+        update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+        .values(previous_secret=WebhookEndpoint.secret, previous_until=previous_until, secret=secret),
+        execution_options={"synchronize_session": False},
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def delete_endpoint(session: Session, *, endpoint_id: str) -> bool:
+    result = session.execute(delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+__all__ = [
+    "BATCH_FINISHED",
+    "EVENT_TYPES",
+    "JOB_FINISHED",
+    "add_endpoint",
+    "attempts_of",
+    "claim_due",
+    "delete_endpoint",
+    "deliveries",
+    "endpoints_by_id",
+    "get_endpoint",
+    "list_endpoints",
+    "queue_batch_event",
+    "queue_job_events",
+    "record_attempt",
+    "rotate_secret",
+]
