@@ -26,6 +26,8 @@ ONNX_PACKAGES = {"onnxruntime": "runs the model", "onnx": "reads and quantizes t
                  "onnxscript": "torch.onnx.export's exporter"}
 # Node types that only a dynamically quantized graph has: at least one proves quantization did something.
 INT8_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLinear"})
+# Per-channel 7-bit weights: the closest labels to fp32 of the settings tried on MiniLM (docs/backends.md).
+INT8_OPTIONS: dict[str, Any] = {"per_channel": True, "reduce_range": True}
 
 
 class BackendError(RuntimeError):
@@ -102,7 +104,7 @@ def _ensure_onnx(cache: OnnxCache, model_dir: Path, *, auto_class: Any, output: 
 
 def _ensure_int8(cache: OnnxCache, fp32: Path, spec: ModelSpec, onnx: ModuleType) -> Path:
     # Keyed by the fp32 entry, itself keyed by the weights: new weights give a new int8 entry too.
-    key = cache_key("onnx-int8", {"from": fp32.parent.name})
+    key = cache_key("onnx-int8", {"from": fp32.parent.name, "options": INT8_OPTIONS})
     return cache.ensure(key, lambda target: quantize_int8(fp32, target, spec.name, onnx))
 
 
@@ -145,7 +147,7 @@ def quantize_int8(fp32: Path, target: Path, model_name: str, onnx: ModuleType) -
 
     out = target / "model.onnx"
     try:
-        quantize_dynamic(fp32, out, weight_type=QuantType.QInt8)
+        quantize_dynamic(fp32, out, weight_type=QuantType.QInt8, **INT8_OPTIONS)
     except Exception as exc:
         raise BackendError(f"model {model_name!r} cannot be quantized for backend 'onnx-int8': {exc!r}; "
                            f"use backend 'onnx'") from exc
