@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each mode; medians are reported (default: 3)")
     parser.add_argument("--batch-size", type=int, default=32, help="vanilla batch size (default: 32)")
     parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated (default: {','.join(BACKENDS)})")
-    parser.add_argument("--output", type=Path, default=None, 
+    parser.add_argument("--output", type=Path, default=None,
                         help="JSON path (default: bench/results/<time>-backends-<model>.json)")
     args = parser.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
