@@ -82,6 +82,7 @@ class OnnxCache:
                 raise RuntimeError(f"building cache entry {key} wrote no {MODEL_FILE}")
             meta = {"key": key, "created_at": datetime.now(UTC).isoformat(), "pid": os.getpid()}
             (building / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            building.chmod(0o755)  # mkdtemp makes it private; workers of other users may share the cache
             try:
                 os.rename(building, entry)  # atomic; fails if another process renamed its entry first
             except OSError:
