@@ -40,6 +40,8 @@ class ModelSpec(BaseModel):
     source: str | None = None
     device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # Encoder runners only (docs/backends.md): what runs the forward pass.
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
     max_batch_size: int = Field(32, ge=1)
     max_batch_tokens: int = Field(16_384, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)

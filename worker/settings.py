@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,8 @@ class WorkerSettings(BaseSettings):
     # Commit claims and results without waiting for PostgreSQL's WAL flush (see
     # db.engine.make_engine: a database crash costs a recomputation, never a job).
     fast_commits: bool = True
+    # Where `onnx` / `onnx-int8` models are exported once and loaded from (docs/backends.md).
+    onnx_cache: Path = Field(default_factory=lambda: default_cache_dir() / "onnx")
     # Serve Prometheus metrics on this port (0: off). One port per worker process.
     metrics_port: int = Field(0, ge=0, le=65535)
     # Seconds a starting worker waits for its database before it exits non-zero (never says ready).
@@ -60,3 +63,8 @@ class WorkerSettings(BaseSettings):
         if unknown:
             raise ValueError(f"TEXTQ_WORKER_MODELS names unknown models {unknown}; available: {available}")
         return wanted
+
+
+def default_cache_dir() -> Path:
+    """textq's folder under the user cache directory (XDG_CACHE_HOME, else ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "textq"

@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from worker.runners.backends import Forward, load_forward
 from worker.runners.base import Runner, max_length, resolve_source
 
 
@@ -17,8 +18,11 @@ class EncoderRunner(Runner):
     def setup(self) -> None:
         path = resolve_source(self.spec.source)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
-        self.model: Any = AutoModel.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
-        self.max_tokens = max_length(self.tokenizer, self.spec, self.model.config)
+        self.forward: Forward = load_forward(
+            self.spec, path, auto_class=AutoModel, output="last_hidden_state", device=self.device, dtype=self.dtype,
+            input_names=list(self.tokenizer.model_input_names),
+        )
+        self.max_tokens = max_length(self.tokenizer, self.spec, AutoConfig.from_pretrained(path))
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> torch.Tensor:
@@ -32,15 +36,14 @@ class EncoderRunner(Runner):
                 truncation=True,
                 max_length=self.max_tokens,
                 return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**enc).last_hidden_state
+            ).to(self.forward.device)
+            hidden = self.forward(enc)
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(F.normalize(pooled.float(), dim=-1))
+            chunks.append(F.normalize(pooled.float(), dim=-1).to(self.device))
         return torch.cat(chunks) if chunks else torch.empty(0)
 
 
 def softmax_scores(similarities: torch.Tensor, temperature: float) -> torch.Tensor:
     """Cosine similarities → probabilities; a low temperature spreads MiniLM's narrow cosine range."""
     return torch.softmax(similarities / temperature, dim=-1)
-

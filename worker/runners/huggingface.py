@@ -5,19 +5,43 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from producer.contract import ClassifyInput, SummarizeInput
+from worker.runners.backends import BackendError, Forward, load_forward
 from worker.runners.base import Runner, label_scores, max_length, resolve_source
 
 
-class _HFRunner(Runner):
-    auto_class: Any
+class SequenceClassifier(Runner):
+    """An encoder with a classification head, on any backend (docs/backends.md)."""
 
     def setup(self) -> None:
         path = resolve_source(self.spec.source)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
-        self.model: Any = self.auto_class.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        self.forward: Forward = load_forward(
+            self.spec, path, auto_class=AutoModelForSequenceClassification, output="logits", device=self.device,
+            dtype=self.dtype, input_names=list(self.tokenizer.model_input_names),
+        )
+        config = AutoConfig.from_pretrained(path)
+        self.max_tokens = max_length(self.tokenizer, self.spec, config)
+        self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]
+
+    @torch.inference_mode()
+    def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
+        encoded = self.tokenizer([x.text for x in batch], padding=True, truncation=True, max_length=self.max_tokens,
+                                 return_tensors="pt").to(self.forward.device)
+        logits = self.forward(encoded).float()
+        return [label_scores(row.tolist(), self.labels) for row in torch.softmax(logits, dim=-1)]
+
+
+class Seq2SeqSummarizer(Runner):
+    def setup(self) -> None:
+        if self.spec.backend != "torch":
+            raise BackendError(f"model {self.spec.name!r}: backend {self.spec.backend!r} serves encoder runners only; "
+                               f"runner {self.spec.runner!r} runs on 'torch'")
+        path = resolve_source(self.spec.source)
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        self.model: Any = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.max_tokens = max_length(self.tokenizer, self.spec, self.model.config)
 
     def encode(self, texts: list[str]) -> Any:
@@ -26,24 +50,6 @@ class _HFRunner(Runner):
             # BERT-style tokenizers add token_type_ids, which seq2seq models reject in generate().
             return_token_type_ids=False,
         ).to(self.device)
-
-
-class SequenceClassifier(_HFRunner):
-    auto_class = AutoModelForSequenceClassification
-
-    def setup(self) -> None:
-        super().setup()
-        id2label = self.model.config.id2label
-        self.labels = [str(id2label[i]) for i in range(len(id2label))]
-
-    @torch.inference_mode()
-    def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
-        logits = self.model(**self.encode([x.text for x in batch])).logits.float()
-        return [label_scores(row.tolist(), self.labels) for row in torch.softmax(logits, dim=-1)]
-
-
-class Seq2SeqSummarizer(_HFRunner):
-    auto_class = AutoModelForSeq2SeqLM
 
     @torch.inference_mode()
     def predict(self, batch: list[SummarizeInput]) -> list[dict[str, Any]]:
