@@ -8,7 +8,7 @@ the transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -56,11 +56,15 @@ def record_heartbeat(session: Session, *, worker: WorkerIdentity, jobs_in_hand: 
     ))
 
 
-def renew_leases(session: Session, *, worker: str, lease: timedelta) -> int:
-    """Extend the lease of every job `worker` is running to `lease` from now; returns how many.
-    A job another worker took over names that worker instead, and is left alone."""
+def renew_leases(session: Session, *, worker: str, job_ids: Collection[uuid.UUID], lease: timedelta) -> int:
+    """Extend to `lease` from now the lease of each of `job_ids` that `worker` is running (the jobs it
+    holds in memory); returns how many. A job another worker took over is left alone."""
+    if not job_ids:
+        return 0
     result = session.execute(
-        update(Job).where(Job.worker == worker, Job.status == JobStatus.RUNNING).values(lease_until=utcnow() + lease),
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), Job.worker == worker, Job.status == JobStatus.RUNNING)
+        .values(lease_until=utcnow() + lease),
         execution_options={"synchronize_session": False},
     )
     return int(result.rowcount)  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import store, upgrade
@@ -260,3 +260,28 @@ def test_an_output_count_mismatch_fails_only_the_job_that_causes_it(pipeline: Pi
     *good, bad = p.rows(ids)
     assert [row.status for row in good] == ["succeeded"] * 3
     assert (bad.status, bad.error_type, bad.error_message) == ("failed", "RuntimeError", "runner returned 0 outputs for 1 inputs")
+
+
+def test_the_batcher_holds_the_leases_of_claimed_jobs_until_they_are_written(pipeline: PipelineFactory) -> None:
+    p = pipeline(GatedRunner, max_batch_size=2)
+    ids = p.submit("held-1", "held-2")
+    p.batcher.hand_in(ids)
+    assert p.runner.started.wait(10)
+    assert sorted(p.batcher.leased()) == sorted(ids)  # what the heartbeat renews
+    p.runner.gate.set()
+    assert p.batcher.wait_idle(timeout=30)
+    assert p.batcher.leased() == []
+
+
+def test_a_job_whose_result_cannot_be_written_is_let_go(pipeline: PipelineFactory) -> None:
+    p = pipeline(GatedRunner, max_batch_size=1)
+    [job_id] = p.submit("unwritable")
+    p.batcher.hand_in([job_id])
+    assert p.runner.started.wait(10)
+    with p.sessions.begin() as session:  # every write of the result fails (not a transient error)
+        session.execute(text("CREATE TRIGGER refuse BEFORE UPDATE ON jobs BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+    p.runner.gate.set()
+    assert p.batcher.wait_idle(timeout=30)
+    assert p.rows([job_id])[0].status == "running"  # its lease lapses, then the sweeper brings it back
+    assert p.batcher.leased() == []  # so no heartbeat keeps it alive
+

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import torch
@@ -53,17 +53,17 @@ class _Claimed:
     items: list[_Item]
     failures: list[Outcome]
     suspects: set[uuid.UUID]
-    settles: int
+    handed: list[uuid.UUID]  # the ids handed in for this batch, claimed or not
 
 
 @dataclass(slots=True)
 class _Write:
-    """One transaction for the writer thread; `settles` ids leave the in-hand count after it."""
+    """One transaction for the writer thread; `settled` ids leave the in-hand count after it."""
 
     outcomes: list[Outcome]
     computed: int
     seconds: float
-    settles: int = 0
+    settled: list[uuid.UUID] = field(default_factory=list)
 
 
 class Batcher:
@@ -107,6 +107,9 @@ class Batcher:
         self._writes: queue.Queue[_Write | None] = queue.Queue(maxsize=2)
         self._in_hand = 0
         self._room = threading.Condition()
+        # Claimed and not yet written: the heartbeat renews exactly these leases, so a job whose
+        # result could not be written is not kept alive by a worker that has let go of it.
+        self._leased: set[uuid.UUID] = set()
         self._last_batch_size = 0
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
@@ -136,6 +139,11 @@ class Batcher:
         """Wait until every job handed in so far is written; False if `timeout` passed first."""
         with self._room:
             return self._room.wait_for(lambda: self._in_hand == 0, timeout)
+
+    def leased(self) -> list[uuid.UUID]:
+        """Jobs this batcher claimed and has not written yet (any thread may ask)."""
+        with self._room:
+            return list(self._leased)
 
     @property
     def in_hand(self) -> int:
@@ -183,10 +191,10 @@ class Batcher:
             claims = self._claim(ids, first_attempt_only=True)
         except Exception:  # the database stayed down: the jobs stay as they are for the sweeper
             log.exception("could not claim a batch of %d %s jobs", len(ids), self.spec.name)
-            return _Claimed([], [], set(), settles=len(job_ids))
+            return _Claimed([], [], set(), handed=job_ids)
         items, failures = self._parse(claims)
         # Ids of finished jobs (from redelivered messages) are suspects too; their claim is empty.
-        return _Claimed(items, failures, ids - {c.id for c in claims}, settles=len(job_ids))
+        return _Claimed(items, failures, ids - {c.id for c in claims}, handed=job_ids)
 
     # -- the batcher thread ------------------------------------------------------------------
     def _loop(self) -> None:
@@ -203,8 +211,8 @@ class Batcher:
             try:
                 self._run_batch(batch)
             except Exception:  # the database stayed down: the jobs stay as they are for the sweeper
-                log.exception("batch of %d %s jobs failed", batch.settles, self.spec.name)
-            self._writes.put(_Write([], 0, 0.0, settles=batch.settles))
+                log.exception("batch of %d %s jobs failed", len(batch.handed), self.spec.name)
+            self._writes.put(_Write([], 0, 0.0, settled=batch.handed))
         self._writes.put(None)
 
     def _run_batch(self, batch: _Claimed) -> None:
@@ -286,9 +294,12 @@ class Batcher:
                 log.exception("could not write %d %s outcomes; their leases will expire and they run again",
                               len(write.outcomes), self.spec.name)
             finally:
-                if write.settles:
-                    with self._room:
-                        self._in_hand -= write.settles
+                # Written or not, these jobs are let go: a lease left unrenewed lapses, and they run again.
+                with self._room:
+                    self._leased.difference_update(o.id for o in write.outcomes)
+                    if write.settled:
+                        self._leased.difference_update(write.settled)
+                        self._in_hand -= len(write.settled)
                         self._room.notify_all()
                 self._writes.task_done()
         self._writes.task_done()
@@ -320,6 +331,8 @@ class Batcher:
                 )
 
         claims = self.policy.with_retries(claim, what=f"claim {self.spec.name} jobs")
+        with self._room:
+            self._leased.update(c.id for c in claims)
         if self.on_claim is not None and claims:
             self.on_claim([c.created_at for c in claims])
         return claims

@@ -1,5 +1,5 @@
 """The worker's heartbeat: a thread that keeps its row in the workers table fresh and renews the
-lease of every job it is running.
+lease of every job it holds (claimed, not yet written).
 
 Leases are short (a few heartbeats), so a dead worker's claims lapse within seconds, while a live
 worker's jobs never lapse however long they run: the beat is a thread of its own, which the model
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Collection
 from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,12 +40,14 @@ class Heartbeat:
         interval_s: float,
         lease: timedelta,
         jobs_in_hand: Callable[[], int],
+        leased: Callable[[], Collection[uuid.UUID]],
     ) -> None:
         self.sessions = sessions
         self.identity = identity
         self.interval_s = interval_s
         self.lease = lease
         self.jobs_in_hand = jobs_in_hand
+        self.leased = leased
         self.state = WorkerState.STARTING
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
@@ -59,7 +62,7 @@ class Heartbeat:
         """One heartbeat: the worker's row and its leases, in one transaction."""
         with self.sessions.begin() as session:
             workers.record_heartbeat(session, worker=self.identity, jobs_in_hand=self.jobs_in_hand(), state=self.state)
-            workers.renew_leases(session, worker=self.identity.name, lease=self.lease)
+            workers.renew_leases(session, worker=self.identity.name, job_ids=self.leased(), lease=self.lease)
 
     def stop(self) -> None:
         """Stop beating and remove the worker's row (call once its jobs are written)."""

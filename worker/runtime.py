@@ -73,6 +73,7 @@ class WorkerRuntime:
             interval_s=self.settings.heartbeat_interval_s,
             lease=timedelta(seconds=self.settings.lease_s),
             jobs_in_hand=self.jobs_in_hand,
+            leased=self.leased_jobs,
         )
 
     def start(self) -> None:
@@ -143,6 +144,10 @@ class WorkerRuntime:
         if batcher is None:
             raise ModelNotServedError(f"this worker serves {self.models}, not {model!r}")
         batcher.hand_in(job_ids)
+
+    def leased_jobs(self) -> list[uuid.UUID]:
+        """Jobs the batchers claimed and have not written yet: the leases the heartbeat renews."""
+        return [job_id for batcher in list(self.batchers.values()) for job_id in batcher.leased()]
 
     def jobs_in_hand(self) -> int:
         """Jobs handed to the batchers and not yet written (any thread may ask)."""

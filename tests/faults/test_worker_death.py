@@ -68,17 +68,18 @@ def _backdate_publish(url: str, ids: list[uuid.UUID], when: datetime) -> None:
         session.execute(update(Job).where(Job.id.in_(ids)).values(published_at=when))
 
 
-def test_a_heartbeat_renews_the_leases_of_its_own_running_jobs_only(database_url: str) -> None:
-    mine, theirs, queued = (_new_jobs(database_url, "slow", 2) for _ in range(3))
-    _claim(database_url, mine, "me:1")
+def test_a_heartbeat_renews_the_leases_of_the_jobs_it_holds_only(database_url: str) -> None:
+    mine, theirs, queued, let_go = (_new_jobs(database_url, "slow", 2) for _ in range(4))
+    _claim(database_url, mine + let_go, "me:1")  # let_go: claimed, but no longer held (a write that failed)
     _claim(database_url, theirs, "them:2")
-    before = {j.id: j.lease_until for j in _rows(database_url, mine + theirs)}
+    before = {j.id: j.lease_until for j in _rows(database_url, mine + theirs + let_go)}
     with session_factory(database_url).begin() as session:
         workers.record_heartbeat(session, worker=_identity("me:1"), jobs_in_hand=5, state=workers.WorkerState.RUNNING)
-        assert workers.renew_leases(session, worker="me:1", lease=timedelta(minutes=5)) == 2
-    after = {j.id: j for j in _rows(database_url, mine + theirs + queued)}
+        held = mine + theirs + queued  # a stale id list can name others' jobs: they are left alone
+        assert workers.renew_leases(session, worker="me:1", job_ids=held, lease=timedelta(minutes=5)) == 2
+    after = {j.id: j for j in _rows(database_url, mine + theirs + queued + let_go)}
     assert all(after[i].lease_until > before[i] + timedelta(minutes=4) for i in mine)  # type: ignore[operator]
-    assert all(after[i].lease_until == before[i] for i in theirs)
+    assert all(after[i].lease_until == before[i] for i in theirs + let_go)
     assert all(after[i].lease_until is None for i in queued)
     with session_factory(database_url)() as session:
         [me] = workers.list_workers(session)
