@@ -17,7 +17,7 @@ class ProducerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TEXTQ_", extra="ignore")
 
     broker_url: str = DEFAULT_BROKER_URL
-    # JSON file of extra/overriding model specs (see README "Models").
+    # JSON file of extra/overriding model specs (see docs/models.md).
     models_file: Path | None = None
     max_text_chars: int = Field(DEFAULT_LIMITS.max_text_chars, ge=1)
     max_labels: int = Field(DEFAULT_LIMITS.max_labels, ge=1)

@@ -37,7 +37,7 @@ class JobConsumer(bootsteps.ConsumerStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def get_consumers(self, channel: Channel) -> list[Consumer]:
-        from worker.runtime import get_runtime  # started by worker_init, before the consumer
+        from worker.runtime import get_runtime  # started at celeryd_after_setup, before the consumer
 
         self.runtime = get_runtime()
         queues = [model_queue(m) for m in self.runtime.models]
