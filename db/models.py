@@ -7,7 +7,21 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, DateTime, Index, Integer, String, Text, TypeDecorator, Uuid, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -82,6 +96,9 @@ class Job(Base):
     publish_count: Mapped[int] = mapped_column(Integer, default=0)
     # A job released for a retry is not claimed before this time (its backoff).
     retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The weights that computed the job: `name@N` for a fine-tuned model (set at submit when the
+    # request pins it), a content hash of the weight files for others.
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (
         CheckConstraint(
@@ -99,3 +116,51 @@ class Job(Base):
             sqlite_where=text("status IN ('queued', 'running')"),
         ),
     )
+
+
+class ModelVersion(Base):
+    """One version of a fine-tuned model: its weights directory in the model store and how it was made.
+
+    At most one version of a model is active: the one its unpinned jobs run on.
+    """
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    # The weights directory, relative to the model store (TEXTQ_MODEL_STORE may differ per machine).
+    path: Mapped[str] = mapped_column(Text)
+    base: Mapped[str] = mapped_column(Text)
+    data_hash: Mapped[str] = mapped_column(String(80))
+    labels: Mapped[Any] = mapped_column(JSONType)
+    metrics: Mapped[Any] = mapped_column(JSONType)
+    training_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    deployed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("model", "version", name="uq_model_versions_model_version"),
+        Index("ux_model_versions_active", "model", unique=True,
+              postgresql_where=text("active"), sqlite_where=text("active")),
+    )
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.version}"
+
+
+class Feedback(Base):
+    """A corrected label for a finished classification job; the text is copied so that it outlives job retention."""
+
+    __tablename__ = "feedback"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    text: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_feedback_model_created", "model", "created_at"),)

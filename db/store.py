@@ -56,6 +56,8 @@ class NewJob:
     priority: int = 0
     idempotency_key: str | None = None
     expires_at: datetime | None = None
+    # A pinned model version (`name@N`): the job runs on it, not on the active one.
+    model_version: str | None = None
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     created_at: datetime = field(default_factory=utcnow)
 
@@ -69,6 +71,7 @@ class ClaimedJob:
     attempts: int
     created_at: datetime
     expires_at: datetime | None = None
+    model_version: str | None = None  # the version the request pinned, if any
 
 
 class OutcomeKind(StrEnum):
@@ -92,6 +95,8 @@ class Outcome:
     error_message: str | None = None
     # RELEASED only: the job may not be claimed again before this time (None: at once).
     retry_at: datetime | None = None
+    # SUCCEEDED: the weights that computed the output (None keeps what the row holds).
+    model_version: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -103,8 +108,9 @@ class Outcome:
         return JobStatus.QUEUED if self.kind is OutcomeKind.RELEASED else JobStatus(self.kind.value)
 
     @classmethod
-    def succeeded(cls, claim: ClaimedJob, output: Any) -> Outcome:
-        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.SUCCEEDED, output=output)
+    def succeeded(cls, claim: ClaimedJob, output: Any, *, model_version: str | None = None) -> Outcome:
+        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.SUCCEEDED, output=output,
+                   model_version=model_version)
 
     @classmethod
     def failed(cls, claim: ClaimedJob, *, error_type: str, error_message: str) -> Outcome:
@@ -152,6 +158,7 @@ def create_jobs(session: Session | Connection, *, jobs: Sequence[NewJob]) -> lis
             "priority": j.priority,
             "idempotency_key": j.idempotency_key,
             "expires_at": j.expires_at,
+            "model_version": j.model_version,
             "attempts": 0,
             "created_at": j.created_at,
             "published_at": j.created_at,
@@ -171,17 +178,18 @@ def _json_row(job: NewJob) -> dict[str, Any]:
         "id": str(job.id), "model": job.model, "task": job.task, "input": job.input, "priority": job.priority,
         "idempotency_key": job.idempotency_key, "created_at": job.created_at.isoformat(),
         "expires_at": None if job.expires_at is None else job.expires_at.isoformat(),
+        "model_version": job.model_version,
     }
 
 
 _INSERT_FROM_JSON = text(
     f"""INSERT INTO {JOBS.name} (id, model, task, status, input, priority, idempotency_key, expires_at,
-                         attempts, created_at, published_at, publish_count)
+                         model_version, attempts, created_at, published_at, publish_count)
     SELECT id, model, task, '{JobStatus.QUEUED.value}', input, priority, idempotency_key, expires_at,
-           0, created_at, created_at, 1
+           model_version, 0, created_at, created_at, 1
     FROM jsonb_to_recordset(CAST(:jobs AS jsonb))
          AS n(id uuid, model text, task text, input jsonb, priority integer, idempotency_key text,
-              expires_at timestamptz, created_at timestamptz)
+              expires_at timestamptz, model_version text, created_at timestamptz)
     ON CONFLICT (idempotency_key) DO NOTHING"""
 )
 
@@ -230,7 +238,11 @@ def claim_jobs(
         "claim_lease_until": now + lease, "max_attempts": max_attempts,
         "exhausted_message": f"exceeded max attempts ({max_attempts}): every try ended without a result",
     })
-    return [ClaimedJob(*row[:7]) for row in result.tuples() if row[7] == JobStatus.RUNNING]
+    return [
+        ClaimedJob(id=row[0], model=row[1], task=row[2], input=row[3], attempts=row[4], created_at=row[5],
+                   expires_at=row[6], model_version=row[8])
+        for row in result.tuples() if row[7] == JobStatus.RUNNING
+    ]
 
 
 @lru_cache(maxsize=4)
@@ -270,7 +282,7 @@ def _claim_statement(*, postgres: bool, first_attempt_only: bool) -> Update:
                 else_=None,
             ),
         )
-        .returning(c.id, c.model, c.task, c.input, c.attempts, c.created_at, c.expires_at, c.status)
+        .returning(c.id, c.model, c.task, c.input, c.attempts, c.created_at, c.expires_at, c.status, c.model_version)
     )
 
 
@@ -298,7 +310,8 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
         # SQLite is in-process: executemany costs no round trips (and it has no VALUES aliases).
         session.execute(_FINISH_EACH, [
             {"b_id": o.id, "b_attempt": o.attempt, "b_status": o.status.value, "b_output": o.output,
-             "b_error_type": o.error_type, "b_error_message": o.error_message, "b_finished_at": now}
+             "b_error_type": o.error_type, "b_error_message": o.error_message, "b_finished_at": now,
+             "b_model_version": o.model_version}
             for o in outcomes
         ])
         return
@@ -306,7 +319,7 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
     # create_jobs: 3.5 -> 1.9 ms of CPU for 256 outcomes against one bound array per column).
     document = json.dumps([
         {"id": str(o.id), "attempt": o.attempt, "status": o.status.value, "output": o.output,
-         "error_type": o.error_type, "error_message": o.error_message}
+         "error_type": o.error_type, "error_message": o.error_message, "model_version": o.model_version}
         for o in outcomes
     ])
     session.execute(_FINISH_FROM_JSON, {"outcomes": document, "now": now})
@@ -315,14 +328,17 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
 _FINISH_EACH = _update_under_claim().values(
     status=bindparam("b_status"), output=bindparam("b_output"), error_type=bindparam("b_error_type"),
     error_message=bindparam("b_error_message"), finished_at=bindparam("b_finished_at"), lease_until=None,
+    model_version=func.coalesce(bindparam("b_model_version", type_=String()), JOBS.c.model_version),
 )
 
 _FINISH_FROM_JSON = text(
     f"""UPDATE {JOBS.name} AS j
     SET status = o.status, output = o.output, error_type = o.error_type,
-        error_message = o.error_message, finished_at = :now, lease_until = NULL
+        error_message = o.error_message, finished_at = :now, lease_until = NULL,
+        model_version = COALESCE(o.model_version, j.model_version)
     FROM jsonb_to_recordset(CAST(:outcomes AS jsonb))
-         AS o(id uuid, attempt integer, status text, output jsonb, error_type text, error_message text)
+         AS o(id uuid, attempt integer, status text, output jsonb, error_type text, error_message text,
+              model_version text)
     WHERE j.id = o.id AND j.attempts = o.attempt AND j.status = '{JobStatus.RUNNING.value}'"""
 )
 

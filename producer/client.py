@@ -19,12 +19,13 @@ from producer.contract import (
     SummarizeRequest,
     job_input_of,
     parse_request,
-    resolve_model,
 )
 from producer.errors import InvalidJobError, JobNotFoundError, JobTimeoutError
+from producer.feedback import FeedbackView, record_feedback
 from producer.notify import watch_finished
 from producer.registry import Registry, default_registry
 from producer.settings import ProducerSettings, producer_settings
+from producer.versions import resolve_pinned_model
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Client:
     def _new_job(self, index: int, raw: JobRequestType | dict[str, object], *, multiple: bool) -> store.NewJob:
         try:
             request = parse_request(raw if isinstance(raw, dict) else raw.model_dump())
-            spec = resolve_model(request, self.registry)
+            spec, pinned = resolve_pinned_model(request, self.registry, self.sessions)
         except InvalidJobError as exc:
             if not multiple:
                 raise
@@ -135,6 +136,7 @@ class Client:
             priority=request.priority,
             idempotency_key=request.idempotency_key,
             expires_at=utcnow() + timedelta(seconds=request.timeout) if request.timeout else None,
+            model_version=pinned,
         )
 
     # -- reading ----------------------------------------------------------------------------
@@ -195,6 +197,10 @@ class Client:
             store.cancel_job(session, job_id=_as_uuid(job_id))
         return self.get(job_id)
 
+    def feedback(self, job_id: uuid.UUID | str, *, label: str) -> FeedbackView:
+        """Store the right label of a succeeded classification job, for `textq finetune --from-feedback`."""
+        return record_feedback(self.sessions, _as_uuid(job_id), label)
+
     def close(self) -> None:
         self.publisher.close()
 
@@ -208,7 +214,7 @@ class Client:
 def _queued_view(job: store.NewJob) -> JobView:
     return JobView(
         id=job.id, status="queued", model=job.model, task=job.task, input=job.input, priority=job.priority,
-        created_at=job.created_at, expires_at=job.expires_at,
+        created_at=job.created_at, expires_at=job.expires_at, model_version=job.model_version,
     )
 
 
