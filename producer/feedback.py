@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, Strict
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import store
 from db import versions as versions_store
 from db.models import JobStatus
 from producer.errors import InvalidJobError, JobNotFoundError
+
+
+class FeedbackRequest(BaseModel):
+    """The body of `POST /v1/jobs/{id}/feedback`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Annotated[str, Strict()] = Field(min_length=1, max_length=255, description="the label the job should have answered")
 
 
 class FeedbackView(BaseModel):
@@ -58,4 +67,4 @@ def feedback_examples(sessions: sessionmaker[Session], model: str) -> list[tuple
         return [(f.text, f.label) for f in versions_store.list_feedback(session, model=model)]
 
 
-__all__ = ["FeedbackView", "feedback_examples", "record_feedback"]
+__all__ = ["FeedbackRequest", "FeedbackView", "feedback_examples", "record_feedback"]

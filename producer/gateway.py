@@ -35,6 +35,7 @@ from db.models import Job, JobStatus
 from producer.client import Client
 from producer.contract import JobRequest, JobView
 from producer.errors import FieldError, InvalidJobError, JobNotFoundError, JobTimeoutError, TextqError
+from producer.feedback import FeedbackRequest, FeedbackView
 
 log = logging.getLogger(__name__)
 
@@ -380,6 +381,13 @@ def _job_routes(client: Client, settings: GatewaySettings) -> APIRouter:
     async def cancel_job(job_id: str) -> JobView:
         """Cancel a queued or running job (a running job's result is discarded); a finished job is returned as is."""
         return await blocking(partial(client.cancel, job_id))
+
+    @router.post("/{job_id}/feedback", response_model=FeedbackView,
+                 responses={404: {"description": "no such job"}, 422: {"model": ErrorBody}})
+    async def feedback(job_id: str, body: FeedbackRequest) -> FeedbackView:
+        """Store the right label of a succeeded classification job (one of its model's labels), for
+        `textq finetune --from-feedback`."""
+        return await blocking(partial(client.feedback, job_id, label=body.label))
 
     return router
 
