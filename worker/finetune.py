@@ -123,14 +123,15 @@ def finetune(
     versions.store_dir.mkdir(parents=True, exist_ok=True)
     scratch = versions.store_dir / f".partial-{name}-{uuid.uuid4().hex[:8]}"  # never read as a version
     try:
+        scratch.mkdir()
         started = time.perf_counter()
         model, tokenizer = _train(base_path, labels, train, validation, options, scratch)
         seconds = time.perf_counter() - started
         metrics = evaluate(model, tokenizer, validation, labels, options)
-        _save(model, tokenizer, scratch / "model")
+        _save(model, tokenizer, scratch / "model", options.max_length)
         del model
         previous_metrics = _evaluate_version(versions, active, validation, options) if active is not None else None
-        deploy, decision = _deploy_decision(options, metrics, active, previous_metrics)
+        deploy, decision = deploy_decision(options, metrics, active, previous_metrics)
         new = store.NewVersion(model=name, base=options.base, data_hash=data["sha256"], labels=labels,
                                metrics={**metrics, "data": data, "options": _options_record(options)},
                                training_seconds=round(seconds, 2))
@@ -266,7 +267,7 @@ def _evaluate_version(
     return evaluate(model, tokenizer, examples, version.labels, options)
 
 
-def _deploy_decision(
+def deploy_decision(
     options: FinetuneOptions, metrics: dict[str, Any], active: VersionView | None, previous: dict[str, Any] | None
 ) -> tuple[bool, str]:
     if not options.deploy:
@@ -281,7 +282,8 @@ def _deploy_decision(
                    f"{active.label} (--force deploys anyway)")
 
 
-def _save(model: Any, tokenizer: Any, directory: Path) -> None:
+def _save(model: Any, tokenizer: Any, directory: Path, max_length: int) -> None:
+    tokenizer.model_max_length = max_length  # served with the truncation it was trained with
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
@@ -328,4 +330,13 @@ def _options_record(options: FinetuneOptions) -> dict[str, Any]:
     return {k: v for k, v in asdict(options).items() if k not in ("deploy", "force", "progress")}
 
 
-__all__ = ["BaseModelError", "FinetuneOptions", "FinetuneResult", "check_encoder", "evaluate", "finetune", "predict_labels"]
+__all__ = [
+    "BaseModelError",
+    "FinetuneOptions",
+    "FinetuneResult",
+    "check_encoder",
+    "deploy_decision",
+    "evaluate",
+    "finetune",
+    "predict_labels",
+]
