@@ -139,6 +139,8 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     deployed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A deleted version keeps its row, so that its number is never given to another version.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("model", "version", name="uq_model_versions_model_version"),

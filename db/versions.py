@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Feedback, ModelVersion, utcnow
+
+_LIVE = ModelVersion.deleted_at.is_(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +31,7 @@ class NewVersion:
 
 
 def next_version_number(session: Session, *, model: str, at_least: int = 1) -> int:
-    """One more than the highest version of `model` (and not below `at_least`)."""
+    """One more than the highest version of `model`, deleted ones included (and not below `at_least`)."""
     highest = session.execute(select(func.max(ModelVersion.version)).where(ModelVersion.model == model)).scalar_one()
     return max((highest or 0) + 1, at_least)
 
@@ -46,8 +48,9 @@ def add_version(session: Session, *, new: NewVersion, version: int, path: str) -
 
 
 def get_version(session: Session, *, model: str, version: int) -> ModelVersion | None:
+    """`model@version`, unless it does not exist or was deleted."""
     return session.scalars(
-        select(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version)
+        select(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version, _LIVE)
     ).one_or_none()
 
 
@@ -56,8 +59,8 @@ def active_version(session: Session, *, model: str) -> ModelVersion | None:
 
 
 def list_versions(session: Session, *, model: str | None = None) -> list[ModelVersion]:
-    """Versions by model, then version number."""
-    stmt = select(ModelVersion).order_by(ModelVersion.model, ModelVersion.version)
+    """Versions not deleted, by model, then version number."""
+    stmt = select(ModelVersion).where(_LIVE).order_by(ModelVersion.model, ModelVersion.version)
     if model is not None:
         stmt = stmt.where(ModelVersion.model == model)
     return list(session.scalars(stmt).all())
@@ -83,9 +86,11 @@ def activate_version(session: Session, *, model: str, version: int) -> bool:
 
 
 def delete_version(session: Session, *, model: str, version: int) -> bool:
-    """Remove `model@version`'s row; False if there was none."""
+    """Mark `model@version` deleted (and inactive); False if there was no such live version."""
     result = session.execute(
-        delete(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version),
+        update(ModelVersion)
+        .where(ModelVersion.model == model, ModelVersion.version == version, _LIVE)
+        .values(deleted_at=utcnow(), active=False),
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -152,7 +152,8 @@ class ModelVersions:
         return self.get(ModelRef(model, version))
 
     def delete(self, ref: ModelRef | str) -> VersionView:
-        """Remove a version that is not active: its row, then its weights. Jobs pinned to it then fail."""
+        """Delete a version that is not active: its weights go, its number is never used again, and
+        jobs pinned to it fail."""
         model, version = self._numbered(ref)
         with self.sessions.begin() as session:
             row = self._existing(session, model, version)

@@ -30,6 +30,7 @@ from transformers import (
     DataCollatorWithPadding,
     EarlyStoppingCallback,
     EvalPrediction,
+    PrinterCallback,
     Trainer,
     TrainingArguments,
 )
@@ -219,6 +220,8 @@ def _train(
         compute_metrics=_trainer_metrics(labels),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=options.patience)],
     )
+    if not options.progress:
+        trainer.remove_callback(PrinterCallback)  # it prints each epoch's figures to stdout
     trainer.train()
     return trainer.model, tokenizer
 

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("active", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("deployed_at", UTCDateTime(), nullable=True),
+        sa.Column("deleted_at", UTCDateTime(), nullable=True),
         sa.UniqueConstraint("model", "version", name="uq_model_versions_model_version"),
     )
     op.create_index("ux_model_versions_active", "model_versions", ["model"], unique=True,
