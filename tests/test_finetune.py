@@ -3,6 +3,7 @@ nothing behind, a run registers NAME@N with its metadata, and deploys only when 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from producer.contract import ClassifyInput
 from producer.versions import ModelVersions
 from tests.conftest import TEST_ROOT, Backend
 from tests.finetuning import TEXTQ, model_versions, quick_finetune, subset, textq, version_dirs, write_jsonl
@@ -158,7 +160,7 @@ def test_an_interrupted_run_registers_nothing_and_leaves_no_files(sqlite_backend
     env = {**sqlite_backend.env, "TEXTQ_MODEL_STORE": str(store)}
     args = ["finetune", "interrupted", "--data", str(data), "--base", str(TEST_ROOT / "tiny-classifier"),
             "--epochs", "500", "--max-length", "32", "--patience", "500"]
-    with subprocess.Popen([*TEXTQ, *args], env={**__import__("os").environ, **env},
+    with subprocess.Popen([*TEXTQ, *args], env={**os.environ, **env},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         # A first checkpoint means the Trainer is well into its epochs.
         wait_until(lambda: any(store.glob(".partial-*/checkpoints/checkpoint-*")), timeout=120, what="training to start")
@@ -180,3 +182,29 @@ def test_the_cli_refuses_bad_data_without_a_traceback(sqlite_backend: Backend, t
     assert time.monotonic() - started < 60  # refused before torch, let alone training, was loaded
     unknown = textq("deploy", "support@9", env=sqlite_backend.env)
     assert unknown.returncode == 1 and "no version support@9" in unknown.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("TEXTQ_FULL_FINETUNE"), reason="the full run takes minutes: set TEXTQ_FULL_FINETUNE=1")
+def test_full_finetune_beats_the_prototype_on_held_out_tickets(versions: ModelVersions) -> None:
+    """The figures of docs/finetune.md: default options on the shipped training set."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from producer.registry import MINILM_SOURCE, ModelSpec
+    from worker.finetune import FinetuneOptions, evaluate, finetune
+    from worker.labelled_data import data_path, load_examples
+    from worker.runners.classifiers import PrototypeClassifier
+
+    heldout = load_examples(data_path("demo:heldout"))
+    version = finetune("support", load_examples(data_path("demo:train")), versions=versions,
+                       options=FinetuneOptions(progress=False), echo=print).version
+    directory = versions.directory(version)
+    model, tokenizer = AutoModelForSequenceClassification.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+    tuned = evaluate(model, tokenizer, heldout, version.labels, FinetuneOptions())["accuracy"]
+    prototype = PrototypeClassifier(ModelSpec(name="support-prototype", kind="classify", runner="prototype",
+                                              source=MINILM_SOURCE, options={"examples": "support/train.jsonl"}))
+    prototype.setup()
+    answers = [o["label"] for o in prototype.predict([ClassifyInput(text=e.text) for e in heldout])]
+    baseline = sum(a == e.label for a, e in zip(answers, heldout, strict=True)) / len(heldout)
+    print(f"held-out accuracy: fine-tuned {tuned:.3f} ({version.training_seconds:.0f} s), prototype {baseline:.3f}")
+    assert tuned > baseline
