@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from db.engine import session_factory
 from db.settings import DatabaseSettings
@@ -142,8 +143,12 @@ def feedback(job_id: str, label: str) -> None:
 
 
 def print_versions() -> None:
-    """The fine-tuned models' versions, for `textq models`."""
-    listed = _versions().list()
+    """The fine-tuned models' versions, for `textq models` (which lists the registry without a database too)."""
+    try:
+        listed = _versions().list()
+    except SQLAlchemyError as exc:
+        click.echo(f"\n(versions not listed: the database did not answer: {type(exc).__name__}; textq db upgrade?)")
+        return
     if not listed:
         return
     click.echo(f"\nfine-tuned versions (model store: {Path(version_settings().model_store).resolve()}):")
