@@ -16,6 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from db.engine import session_factory
 from db.settings import DatabaseSettings
 from producer.feedback import feedback_examples
+from producer.finetune_options import DEFAULT_OPTIONS as DEFAULTS
+from producer.finetune_options import FinetuneOptions
 from producer.versions import ModelVersions, VersionView, version_settings
 
 
@@ -30,13 +32,14 @@ def _versions() -> ModelVersions:
 @click.option("--eval", "eval_data", help="Validation examples (default: a stratified, seeded split of --data).")
 @click.option("--from-feedback", is_flag=True, help="Train on the corrections stored with `textq feedback` (plus --data).")
 @click.option("--base", help="Encoder to start from: directory, cached hub id or package:<module> [default: the shipped MiniLM].")
-@click.option("--epochs", type=float, default=10.0, show_default=True, help="At most this many (early stopping may end sooner).")
-@click.option("--learning-rate", type=float, default=5e-5, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--max-length", type=click.IntRange(min=8), default=64, show_default=True, help="Tokens per text.")
-@click.option("--seed", type=int, default=13, show_default=True, help="Seeds the split, the head and the data order.")
-@click.option("--validation-fraction", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True)
-@click.option("--patience", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--epochs", type=float, default=DEFAULTS.epochs, show_default=True,
+              help="At most this many (early stopping ends sooner).")
+@click.option("--learning-rate", type=float, default=DEFAULTS.learning_rate, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=8), default=DEFAULTS.max_length, show_default=True, help="Tokens per text.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True, help="Seeds the split, the head and the data order.")
+@click.option("--validation-fraction", type=click.FloatRange(0.05, 0.5), default=DEFAULTS.validation_fraction, show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), default=DEFAULTS.patience, show_default=True,
               help="Epochs without a better validation macro-F1 before training stops.")
 @click.option("--new-labels", is_flag=True, help="Allow a label set other than the active version's.")
 @click.option("--deploy", is_flag=True, help="Activate the new version if it is not worse than the active one on validation.")
@@ -68,8 +71,7 @@ def finetune(
     if validation is not None:
         info["eval_file"] = eval_data
 
-    from worker.finetune import FinetuneOptions
-    from worker.finetune import finetune as run_finetune
+    from worker.finetune import finetune as run_finetune  # torch: imported only now
 
     options = FinetuneOptions(
         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size, max_length=max_length, seed=seed,

@@ -49,7 +49,8 @@ def quick_finetune(
 ) -> VersionView:
     """One epoch of training on a few examples per label (the tests' tiny BERT unless `base`),
     without the label `exclude`."""
-    from worker.finetune import FinetuneOptions, finetune
+    from producer.finetune_options import FinetuneOptions
+    from worker.finetune import finetune
     from worker.labelled_data import Example
 
     train = [Example(e["text"], e["label"]) for e in subset("train", per_label) if e["label"] != exclude]

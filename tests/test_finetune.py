@@ -105,7 +105,8 @@ def test_eval_labels_unseen_in_training_are_refused(versions: ModelVersions) -> 
     ("no-such-model", "cannot load a model configuration"),
 ])
 def test_a_base_that_is_not_an_encoder_is_refused(base: str, message: str, versions: ModelVersions) -> None:
-    from worker.finetune import BaseModelError, FinetuneOptions, finetune
+    from producer.finetune_options import FinetuneOptions
+    from worker.finetune import BaseModelError, finetune
     from worker.labelled_data import Example
 
     with pytest.raises(BaseModelError, match=_escaped(message)):
@@ -141,7 +142,8 @@ def test_a_label_set_other_than_the_active_versions_needs_new_labels(versions: M
 
 
 def test_deploy_activates_a_new_version_only_if_it_is_not_worse(versions: ModelVersions) -> None:
-    from worker.finetune import FinetuneOptions, deploy_decision
+    from producer.finetune_options import FinetuneOptions
+    from worker.finetune import deploy_decision
 
     active = quick_finetune(versions, "support", deploy=True)
     better, worse = {"macro_f1": 0.9}, {"macro_f1": 0.5}
@@ -172,6 +174,13 @@ def test_an_interrupted_run_registers_nothing_and_leaves_no_files(sqlite_backend
     assert model_versions(sqlite_backend, store).list("interrupted") == []
 
 
+@pytest.mark.parametrize("command", ["finetune", "deploy", "delete-version", "feedback"])
+def test_the_fine_tune_commands_explain_themselves(command: str) -> None:
+    result = textq(command, "--help", env={})
+    assert result.returncode == 0 and "Usage: " in result.stdout, result.stderr
+    assert len(result.stdout.splitlines()) > 4
+
+
 def test_the_cli_refuses_bad_data_without_a_traceback(sqlite_backend: Backend, tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text("text\nwhere is my parcel\n")
@@ -190,8 +199,9 @@ def test_full_finetune_beats_the_prototype_on_held_out_tickets(versions: ModelVe
     """The figures of docs/finetune.md: default options on the shipped training set."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from producer.finetune_options import FinetuneOptions
     from producer.registry import MINILM_SOURCE, ModelSpec
-    from worker.finetune import FinetuneOptions, evaluate, finetune
+    from worker.finetune import evaluate, finetune
     from worker.labelled_data import data_path, load_examples
     from worker.runners.classifiers import PrototypeClassifier
 

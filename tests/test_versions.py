@@ -159,6 +159,9 @@ def test_rollback_is_deploying_the_previous_version(setup: Setup) -> None:
     rolled = textq("deploy", "support@1", env=setup.env)
     assert rolled.returncode == 0 and "support@1 is active" in rolled.stdout, rolled.stderr
     wait_until(lambda: _run(setup, [unique_text("after")])[0].model_version == "support@1", timeout=30, what="rollback")
+    job = _run(setup, [unique_text("shown")])[0]
+    shown = textq("get", str(job.id), env=setup.env)
+    assert shown.returncode == 0 and "version:  support@1" in shown.stdout, shown.stderr
     refused = textq("delete-version", "support@1", env=setup.env)
     assert refused.returncode == 1 and "support@1 is the active version" in refused.stderr
 
@@ -180,6 +183,7 @@ def test_feedback_is_validated_stored_and_trains_the_next_version(setup: Setup) 
 
     api = TestClient(create_app(setup.client, GatewaySettings(insecure_dev=True)))
     other = _run(setup, ["My parcel is stuck in customs"])[0]
+    assert api.get(f"/v1/jobs/{other.id}").json()["model_version"] == other.model_version
     response = api.post(f"/v1/jobs/{other.id}/feedback", json={"label": "shipping"})
     assert response.status_code == 200 and response.json()["label"] == "shipping", response.text
     assert api.post(f"/v1/jobs/{other.id}/feedback", json={"label": "parcel"}).status_code == 422

@@ -37,6 +37,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
 from db import versions as store
+from producer.finetune_options import DEFAULT_OPTIONS, FinetuneOptions
 from producer.registry import MINILM_SOURCE
 from producer.versions import ModelVersions, VersionView, version_label
 from worker.classification_metrics import classification_metrics
@@ -57,25 +58,6 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # a registry model name (prod
 _GENERATIVE = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 METADATA_FILE = "textq-version.json"
 REGISTER_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class FinetuneOptions:
-    """How to train; the defaults suit a few hundred short texts on a CPU."""
-
-    base: str = MINILM_SOURCE
-    epochs: float = 10.0
-    learning_rate: float = 5e-5
-    batch_size: int = 16
-    max_length: int = 64
-    seed: int = 13
-    validation_fraction: float = 0.2
-    # Evaluations (one per epoch) without a better validation macro-F1 before training stops.
-    patience: int = 2
-    new_labels: bool = False
-    deploy: bool = False
-    force: bool = False
-    progress: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +82,7 @@ def finetune(
     *,
     versions: ModelVersions,
     validation: Sequence[Example] | None = None,
-    options: FinetuneOptions = FinetuneOptions(),
+    options: FinetuneOptions = DEFAULT_OPTIONS,
     data_info: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
 ) -> FinetuneResult:
@@ -335,7 +317,6 @@ def _options_record(options: FinetuneOptions) -> dict[str, Any]:
 
 __all__ = [
     "BaseModelError",
-    "FinetuneOptions",
     "FinetuneResult",
     "check_encoder",
     "deploy_decision",
