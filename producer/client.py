@@ -199,7 +199,7 @@ class Client:
 
     def feedback(self, job_id: uuid.UUID | str, *, label: str) -> FeedbackView:
         """Store the right label of a succeeded classification job, for `textq finetune --from-feedback`."""
-        return record_feedback(self.sessions, _as_uuid(job_id), label)
+        return record_feedback(self.sessions, self.get(job_id), label)
 
     def close(self) -> None:
         self.publisher.close()

@@ -9,10 +9,10 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, Strict
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import store
 from db import versions as versions_store
 from db.models import JobStatus
-from producer.errors import InvalidJobError, JobNotFoundError
+from producer.contract import JobView
+from producer.errors import InvalidJobError
 
 
 class FeedbackRequest(BaseModel):
@@ -36,25 +36,23 @@ class FeedbackView(BaseModel):
     created_at: datetime
 
 
-def record_feedback(sessions: sessionmaker[Session], job_id: uuid.UUID, label: str) -> FeedbackView:
-    """Store `label` as the right answer of a succeeded classification job (a later call replaces it).
+def record_feedback(sessions: sessionmaker[Session], job: JobView, label: str) -> FeedbackView:
+    """Store `label` as the right answer of `job`, a succeeded classification job read by the caller
+    (the Client, so that only a job it may see is corrected); a later call replaces it.
 
     The label must be one the job could have answered: one of the model's labels (every label is
     in a classification output's `scores`).
     """
     if not isinstance(label, str) or not label.strip():
         raise InvalidJobError.single("label", "must be a non-empty string")
+    if job.task != "classify" or job.status != JobStatus.SUCCEEDED:
+        raise InvalidJobError.single(
+            "job", f"job {job.id} is a {job.status} {job.task} job; feedback takes succeeded classification jobs"
+        )
+    known = [str(s["label"]) for s in (job.output or {}).get("scores", []) if isinstance(s, dict) and "label" in s]
+    if label not in known:
+        raise InvalidJobError.single("label", f"{label!r} is not one of the model's labels: {', '.join(known)}")
     with sessions.begin() as session:
-        job = store.get_job(session, job_id=job_id)
-        if job is None:
-            raise JobNotFoundError(f"no job with id {job_id}")
-        if job.task != "classify" or job.status != JobStatus.SUCCEEDED:
-            raise InvalidJobError.single(
-                "job", f"job {job_id} is a {job.status} {job.task} job; feedback takes succeeded classification jobs"
-            )
-        known = [str(s["label"]) for s in (job.output or {}).get("scores", []) if isinstance(s, dict) and "label" in s]
-        if label not in known:
-            raise InvalidJobError.single("label", f"{label!r} is not one of the model's labels: {', '.join(known)}")
         row = versions_store.save_feedback(
             session, job_id=job.id, model=job.model, model_version=job.model_version, text=job.input["text"], label=label
         )
