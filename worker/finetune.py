@@ -33,6 +33,7 @@ from transformers import (
     PrinterCallback,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
@@ -167,6 +168,7 @@ def _train(
     logging.getLogger("transformers").setLevel(logging.ERROR)  # "newly initialized classifier weights" is the point here
     label_ids = {label: i for i, label in enumerate(labels)}
     tokenizer = AutoTokenizer.from_pretrained(base_path)
+    set_seed(options.seed)  # the new classifier head is drawn while loading, before the Trainer seeds anything
     model = AutoModelForSequenceClassification.from_pretrained(
         base_path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_ids,
         ignore_mismatched_sizes=True,  # a classifier base with other labels gets a new head
