@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -110,6 +111,9 @@ class Job(Base):
     custom_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # Where to POST the finished job (db/webhooks.py queues the delivery in the result's transaction).
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The weights that computed the job: `name@N` for a fine-tuned model (set at submit when the
+    # request pins it), a content hash of the weight files for others.
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (
         CheckConstraint(
@@ -308,3 +312,53 @@ class WebhookAttempt(Base):
     latency_ms: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     response_excerpt: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ModelVersion(Base):
+    """One version of a fine-tuned model: its weights directory in the model store and how it was made.
+
+    At most one version of a model is active: the one its unpinned jobs run on.
+    """
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    # The weights directory, relative to the model store (TEXTQ_MODEL_STORE may differ per machine).
+    path: Mapped[str] = mapped_column(Text)
+    base: Mapped[str] = mapped_column(Text)
+    data_hash: Mapped[str] = mapped_column(String(80))
+    labels: Mapped[Any] = mapped_column(JSONType)
+    metrics: Mapped[Any] = mapped_column(JSONType)
+    training_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    deployed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A deleted version keeps its row, so that its number is never given to another version.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("model", "version", name="uq_model_versions_model_version"),
+        Index("ux_model_versions_active", "model", unique=True,
+              postgresql_where=text("active"), sqlite_where=text("active")),
+    )
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.version}"
+
+
+class Feedback(Base):
+    """A corrected label for a finished classification job; the text is copied so that it outlives job retention."""
+
+    __tablename__ = "feedback"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    text: Mapped[str] = mapped_column(Text)
+    label: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_feedback_model_created", "model", "created_at"),)

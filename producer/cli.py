@@ -32,6 +32,8 @@ def _print_view(view: JobView, as_json: bool) -> None:
         click.echo(view.model_dump_json(indent=2))
         return
     click.echo(f"id:       {view.id}\nstatus:   {view.status}\nmodel:    {view.model} ({view.task})")
+    if view.model_version:
+        click.echo(f"version:  {view.model_version}")
     if view.output is not None:
         click.echo(f"output:   {json.dumps(view.output)}")
     if view.error_type:
@@ -210,6 +212,9 @@ def models() -> None:
     """List the models in the registry and their queues."""
     for spec in load_registry(producer_settings().models_file).specs():
         click.echo(f"{spec.name:<16} {spec.kind:<10} runner={spec.runner:<12} queue={spec.queue} source={spec.source}")
+    from producer.finetune_cli import print_versions
+
+    print_versions()
 
 
 @cli.command()
@@ -308,6 +313,10 @@ def api(host: str, port: int, insecure_dev: bool) -> None:
 
 cli.add_command(batch)
 cli.add_command(webhooks)
+from producer.finetune_cli import COMMANDS as _FINETUNE_COMMANDS  # noqa: E402  (finetune, deploy, delete-version, feedback)
+
+for _command in _FINETUNE_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -30,7 +30,6 @@ from producer.contract import (
     batch_job_keys,
     job_input_of,
     parse_request,
-    resolve_model,
 )
 from producer.errors import (
     FieldError,
@@ -40,12 +39,14 @@ from producer.errors import (
     JobTimeoutError,
     ListTimeoutError,
 )
+from producer.feedback import FeedbackView, record_feedback
 from producer.limits import record_limits
 from producer.notify import watch_finished
 from producer.paging import MAX_PAGE, JobPage, decode_cursor, encode_cursor
 from producer.registry import Registry, load_registry
 from producer.settings import ProducerSettings, producer_settings
 from producer.tenants import check_tenant
+from producer.versions import resolve_pinned_model
 from producer.webhooks import check_webhook_url
 from producer.workers import WorkerView, worker_views
 
@@ -200,7 +201,7 @@ class Client:
     def _new_job(self, index: int, raw: JobRequestType | dict[str, object], *, multiple: bool) -> store.NewJob:
         try:
             request = parse_request(raw if isinstance(raw, dict) else raw.model_dump(), self.settings.limits)
-            spec = resolve_model(request, self.registry)
+            spec, pinned = resolve_pinned_model(request, self.registry, self.sessions)
             if request.webhook_url is not None:
                 check_webhook_url(request.webhook_url)
         except InvalidJobError as exc:
@@ -218,6 +219,7 @@ class Client:
             tenant=self.tenant,
             expires_at=utcnow() + timedelta(seconds=request.timeout) if request.timeout else None,
             webhook_url=request.webhook_url,
+            model_version=pinned,
         )
 
     # -- reading ----------------------------------------------------------------------------
@@ -381,6 +383,10 @@ class Client:
         """Upload a JSONL batch (a file's path, or the lines as dicts), create the batch and enqueue its jobs."""
         return self.batches.submit(source, **options)
 
+    def feedback(self, job_id: uuid.UUID | str, *, label: str) -> FeedbackView:
+        """Store the right label of a succeeded classification job, for `textq finetune --from-feedback`."""
+        return record_feedback(self.sessions, self.get(job_id), label)
+
     def close(self) -> None:
         if self._owns_connections:
             self.publisher.close()
@@ -416,7 +422,7 @@ def _refuse_reused_keys(jobs: Sequence[store.NewJob], stored: Sequence[store.New
 def _queued_view(job: store.NewJob) -> JobView:
     return JobView(
         id=job.id, status="queued", model=job.model, task=job.task, input=job.input, priority=job.priority,
-        created_at=job.created_at, expires_at=job.expires_at,
+        created_at=job.created_at, expires_at=job.expires_at, model_version=job.model_version,
     )
 
 

@@ -228,6 +228,8 @@ class JobView(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     expires_at: datetime | None = None
+    # The weights that computed it: `name@N` (fine-tuned models; set at submit when pinned) or a weights hash.
+    model_version: str | None = None
 
     model_config = ConfigDict(from_attributes=True)
 

@@ -46,6 +46,7 @@ from producer.errors import (
     ListTimeoutError,
     TextqError,
 )
+from producer.feedback import FeedbackRequest, FeedbackView
 from producer.paging import MAX_PAGE, JobPage
 from producer.tenants import DEFAULT_TENANT, ApiKey, Scope, load_api_keys
 from producer.waiter import FinishWaiter
@@ -491,6 +492,13 @@ def _job_routes(waiter: FinishWaiter) -> APIRouter:
     async def cancel_job(client: _Canceller, job_id: str) -> JobView:
         """Cancel a queued or running job (a running job's result is discarded); a finished job is returned as is."""
         return await blocking(partial(client.cancel, job_id))
+
+    @router.post("/{job_id}/feedback", response_model=FeedbackView,
+                 responses={404: {"description": "no such job"}, 422: {"model": ErrorBody}})
+    async def feedback(client: _Submitter, job_id: str, body: FeedbackRequest) -> FeedbackView:
+        """Store the right label of a succeeded classification job (one of its model's labels), for
+        `textq finetune --from-feedback`."""
+        return await blocking(partial(client.feedback, job_id, label=body.label))
 
     return router
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # Jobs in hand per batch slot before hand_in blocks: a batch per stage plus one forming, no more.
 HIGH_WATER_BATCHES = 6
+# While no batch comes, the runner's between-batch upkeep (a version switch) still runs this often.
+UPKEEP_INTERVAL_S = 1.0
 
 
 @dataclass(slots=True)
@@ -203,17 +205,26 @@ class Batcher:
             if self.torch_threads is not None:
                 torch.set_num_threads(self.torch_threads)
             self.runner.setup()
+            log.info("%s serves version %s", self.spec.name, self.runner.version)  # hashed now, not in a batch
         except BaseException as exc:
             self._load_error = exc
         finally:
             self._loaded.set()
-        while (batch := self._claimed.get()) is not None:
+        while (batch := self._next_claimed()) is not None:
             try:
                 self._run_batch(batch)
             except Exception:  # the database stayed down: the jobs stay as they are for the sweeper
                 log.exception("batch of %d %s jobs failed", len(batch.handed), self.spec.name)
             self._writes.put(_Write([], 0, 0.0, settled=batch.handed))
         self._writes.put(None)
+
+    def _next_claimed(self) -> _Claimed | None:
+        while True:
+            self.runner.between_batches()
+            try:
+                return self._claimed.get(timeout=UPKEEP_INTERVAL_S)
+            except queue.Empty:
+                continue
 
     def _run_batch(self, batch: _Claimed) -> None:
         self._writes.put(self._compute(batch.items, list(batch.failures)))
@@ -238,9 +249,23 @@ class Batcher:
                 runnable.append(item)
         runnable.sort(key=lambda item: item.tokens)
         started = time.perf_counter()
-        for group in self._token_bounded(runnable):
-            outcomes.extend(self._predict_isolating(group))
+        for runner, same_version in self._by_version(runnable, outcomes):
+            for group in self._token_bounded(same_version):
+                outcomes.extend(self._predict_isolating(group, runner))
         return _Write(outcomes, len(runnable), time.perf_counter() - started)
+
+    def _by_version(self, items: list[_Item], outcomes: list[Outcome]) -> list[tuple[Runner, list[_Item]]]:
+        """Items grouped by the runner of the version they run on (a job may pin one); a job whose
+        version cannot be served fails alone."""
+        groups: dict[int, tuple[Runner, list[_Item]]] = {}
+        for item in items:
+            try:
+                runner = self.runner.for_version(item.claim.model_version)
+            except Exception as exc:
+                outcomes.append(_failure(item.claim, exc))
+                continue
+            groups.setdefault(id(runner), (runner, []))[1].append(item)
+        return list(groups.values())
 
     def _token_bounded(self, items: list[_Item]) -> list[list[_Item]]:
         """Split length-sorted items so that padded size (count x longest) stays in budget."""
@@ -255,10 +280,10 @@ class Batcher:
             groups.append(current)
         return groups
 
-    def _predict_isolating(self, items: list[_Item]) -> list[Outcome]:
+    def _predict_isolating(self, items: list[_Item], runner: Runner) -> list[Outcome]:
         """Run a group, splitting it in halves on an error so that a bad input fails alone."""
         try:
-            outputs = self.runner.predict([item.input for item in items])
+            outputs = runner.predict([item.input for item in items])
             if len(outputs) != len(items):
                 raise RuntimeError(f"runner returned {len(outputs)} outputs for {len(items)} inputs")
         except Exception as exc:
@@ -266,8 +291,9 @@ class Batcher:
             if len(items) == 1 or isinstance(exc, Retry):
                 return [self._after_error(item.claim, exc) for item in items]
             half = len(items) // 2
-            return self._predict_isolating(items[:half]) + self._predict_isolating(items[half:])
-        return [Outcome.succeeded(item.claim, output) for item, output in zip(items, outputs, strict=True)]
+            return self._predict_isolating(items[:half], runner) + self._predict_isolating(items[half:], runner)
+        return [Outcome.succeeded(item.claim, output, model_version=runner.version)
+                for item, output in zip(items, outputs, strict=True)]
 
     def _after_error(self, claim: store.ClaimedJob, exc: Exception) -> Outcome:
         """Released for a retry if the policy calls `exc` transient and attempts remain, else failed."""

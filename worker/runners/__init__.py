@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from producer.registry import ModelSpec
+from producer.versions import FINE_TUNED_RUNNER
 from worker.runners.base import Runner
 
 BUILTIN_RUNNERS = {
@@ -14,6 +15,7 @@ BUILTIN_RUNNERS = {
     "hf_classifier": "worker.runners.huggingface:SequenceClassifier",
     "hf_seq2seq": "worker.runners.huggingface:Seq2SeqSummarizer",
     "null": "worker.runners.null:NullRunner",
+    FINE_TUNED_RUNNER: "worker.versions:FineTunedRunner",
 }
 
 

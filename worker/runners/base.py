@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from producer.contract import JobInput
 from producer.registry import ModelSpec
+from worker.weights import local_weights_dir, weights_hash
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Rough characters per token for English, to bound a batch's tokens before tokenizing it.
@@ -36,6 +38,29 @@ class Runner(ABC):
     def estimate_tokens(self, job_input: JobInput) -> int:
         """Token estimate used to sort a batch by length and bound it by `max_batch_tokens`."""
         return len(job_input.text) // CHARS_PER_TOKEN + 2
+
+    @cached_property
+    def version(self) -> str | None:
+        """The `model_version` a job computed here records: a content hash of the weight files."""
+        if self.spec.source is None:
+            return None
+        directory = local_weights_dir(resolve_source(self.spec.source))
+        return None if directory is None else weights_hash(directory)
+
+    def for_version(self, pinned: str | None) -> Runner:
+        """The runner that computes a job pinned to `pinned` (None: not pinned); batcher thread."""
+        if pinned is not None and pinned != self.version:
+            raise VersionNotServedError(f"model {self.spec.name!r} has no versions: it cannot run a job pinned to {pinned!r}")
+        return self
+
+    def between_batches(self) -> None:
+        """Upkeep in the batcher thread between batches, and every second while idle (a fine-tuned
+        model switches versions here)."""
+        return None
+
+
+class VersionNotServedError(LookupError):
+    """A job pinned to a model version that this runner cannot run (deleted, or never made)."""
 
 
 def pick_device(requested: str) -> torch.device:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from producer.contract import ClassifyInput
+from worker.labelled_data import load_examples
 from worker.runners.base import label_scores
 from worker.runners.encoder import EncoderRunner, softmax_scores
 
@@ -22,9 +23,7 @@ class PrototypeClassifier(EncoderRunner):
 
     def setup(self) -> None:
         super().setup()
-        examples: dict[str, list[str]] = json.loads(
-            (EXAMPLES_DIR / f"{self.spec.options.get('examples', self.spec.name)}.json").read_text()
-        )
+        examples = load_prototype_examples(str(self.spec.options.get("examples", self.spec.name)))
         self.labels = list(examples)
         self.temperature = float(self.spec.options.get("temperature", 0.05))
         self.prototypes = torch.stack([F.normalize(self.embed(examples[label]).mean(0), dim=0) for label in self.labels])
@@ -32,6 +31,19 @@ class PrototypeClassifier(EncoderRunner):
     def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
         probabilities = softmax_scores(self.embed([x.text for x in batch]) @ self.prototypes.T, self.temperature)
         return [label_scores(row.tolist(), self.labels) for row in probabilities]
+
+
+def load_prototype_examples(name: str) -> dict[str, list[str]]:
+    """Texts by label: `worker/data/<name>.json` ({label: [texts]}), or a labelled `.jsonl`/`.csv` file
+    (a path, or one under worker/data such as `support/train.jsonl`: the set `textq finetune` trains on)."""
+    if not name.endswith((".jsonl", ".csv")):
+        loaded: dict[str, list[str]] = json.loads((EXAMPLES_DIR / f"{name}.json").read_text())
+        return loaded
+    path = Path(name) if Path(name).is_absolute() else EXAMPLES_DIR / name
+    grouped: dict[str, list[str]] = {}
+    for example in load_examples(path):
+        grouped.setdefault(example.label, []).append(example.text)
+    return dict(sorted(grouped.items()))
 
 
 class ZeroShotClassifier(EncoderRunner):
