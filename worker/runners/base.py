@@ -46,9 +46,13 @@ def pick_device(requested: str) -> torch.device:
 
 
 def resolve_source(source: str | None) -> str:
-    """A local path for `package:<module>` sources; hub ids and directories pass through to `from_pretrained`."""
+    """A local path for `package:<module>` and `gguf:` sources; hub ids and directories pass through to `from_pretrained`."""
     if source is None:
         raise ValueError("this runner needs a model source (hub id, directory or package:<module>)")
+    if source.startswith("gguf:"):
+        from worker.runners.gguf_source import resolve_gguf
+
+        return resolve_gguf(source)
     if source.startswith("package:"):
         module = importlib.import_module(source.removeprefix("package:"))
         getter = getattr(module, "get_model_path", None)
