@@ -14,6 +14,9 @@ BUILTIN_RUNNERS = {
     "hf_classifier": "worker.runners.huggingface:SequenceClassifier",
     "hf_seq2seq": "worker.runners.huggingface:Seq2SeqSummarizer",
     "null": "worker.runners.null:NullRunner",
+    "hf_causal_lm": "worker.runners.causal_lm:CausalLM",
+    "hf_extractive_qa": "worker.runners.question_answering:ExtractiveQA",
+    "embedding": "worker.runners.embeddings:EmbeddingRunner",
 }
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from producer.contract import JobInput
+from producer.contract import AnswerInput, JobInput
 from producer.registry import ModelSpec
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -30,12 +31,19 @@ class Runner(ABC):
         """Load weights onto `self.device`."""
 
     @abstractmethod
-    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
-        """One JSON-serialisable output per input, in order."""
+    def predict(self, batch: list[Any]) -> Sequence[dict[str, Any] | Exception]:
+        """One JSON-serialisable output per input, in order; an exception in a job's place fails that job alone."""
 
     def estimate_tokens(self, job_input: JobInput) -> int:
         """Token estimate used to sort a batch by length and bound it by `max_batch_tokens`."""
-        return len(job_input.text) // CHARS_PER_TOKEN + 2
+        return input_chars(job_input) // CHARS_PER_TOKEN + 2
+
+
+def input_chars(job_input: JobInput) -> int:
+    """Characters a job's model reads (an answer's question and context together)."""
+    if isinstance(job_input, AnswerInput):
+        return len(job_input.question) + len(job_input.context)
+    return len(job_input.text)
 
 
 def pick_device(requested: str) -> torch.device:
