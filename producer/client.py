@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from db import store
 from db.engine import session_factory, shared_engine
@@ -14,9 +15,8 @@ from db.models import utcnow
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
 from producer.contract import (
-    ClassifyRequest,
+    AnyJobRequest,
     JobView,
-    SummarizeRequest,
     job_input_of,
     parse_request,
     resolve_model,
@@ -28,7 +28,7 @@ from producer.settings import ProducerSettings, producer_settings
 
 log = logging.getLogger(__name__)
 
-JobRequestType = ClassifyRequest | SummarizeRequest
+JobRequestType = AnyJobRequest
 
 
 class Client:
@@ -83,12 +83,35 @@ class Client:
         priority: int = 5,
         idempotency_key: str | None = None,
         timeout: float | None = None,
+        style: str | None = None,
+        max_words: int | None = None,
+        truncate: bool | None = None,
     ) -> JobView:
-        """Summarize `text` (extractive by default: up to `max_sentences` of its own sentences)."""
+        """Summarize `text` (extractive by default: up to `max_sentences` of its own sentences;
+        `style="abstractive"`: written by a language model in up to `max_words` words, map-reduced
+        over chunks when the text is longer than the model's window)."""
         return self.submit(
             {"task": "summarize", "text": text, "model": model, "max_sentences": max_sentences,
-             "priority": priority, "idempotency_key": idempotency_key, "timeout": timeout}
+             "priority": priority, "idempotency_key": idempotency_key, "timeout": timeout,
+             "style": style, "max_words": max_words, "truncate": truncate}
         )
+
+    def translate(self, text: str, *, target_language: str, source_language: str | None = None,
+                  **options: Any) -> JobView:
+        """Translate `text` into `target_language` (ISO 639-1 code or English name; producer.languages).
+        `options`: model, priority, idempotency_key, timeout, max_new_tokens, temperature, top_p, truncate."""
+        return self.submit({"task": "translate", "text": text, "target_language": target_language,
+                            "source_language": source_language, **options})
+
+    def answer(self, question: str, *, context: str, **options: Any) -> JobView:
+        """Answer `question` from `context` only (a language model, or a span of the context with an
+        extractive QA model). `options` as for translate."""
+        return self.submit({"task": "answer", "question": question, "context": context, **options})
+
+    def embed(self, text: str, **options: Any) -> JobView:
+        """A normalised embedding of `text` (long texts: the mean of chunk vectors). `options`: model,
+        priority, idempotency_key, timeout, truncate."""
+        return self.submit({"task": "embed", "text": text, **options})
 
     def submit(self, request: JobRequestType | dict[str, object]) -> JobView:
         return self.submit_many([request])[0]

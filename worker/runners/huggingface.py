@@ -9,6 +9,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoModelForSequenceClassificati
 
 from producer.contract import ClassifyInput, SummarizeInput
 from worker.runners.base import Runner, label_scores, max_length, resolve_source
+from worker.runners.chunking import split_by_tokens
+from worker.runners.embeddings import CHUNK_OVERLAP_TOKENS, describe_chunks
 
 
 class _HFRunner(Runner):
@@ -38,8 +40,16 @@ class SequenceClassifier(_HFRunner):
 
     @torch.inference_mode()
     def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
-        logits = self.model(**self.encode([x.text for x in batch])).logits.float()
-        return [label_scores(row.tolist(), self.labels) for row in torch.softmax(logits, dim=-1)]
+        window = self.max_tokens - self.tokenizer.num_special_tokens_to_add()
+        chunks = [split_by_tokens(self.tokenizer, x.text, window, CHUNK_OVERLAP_TOKENS, truncate=bool(x.truncate))
+                  for x in batch]
+        logits = self.model(**self.encode([t for c in chunks for t in c.texts])).logits.float()
+        outputs, offset = [], 0
+        for c in chunks:  # a long text's logits: the mean of its chunks'
+            probabilities = torch.softmax(logits[offset : offset + len(c.texts)].mean(0), dim=-1)
+            outputs.append({**label_scores(probabilities.tolist(), self.labels), **describe_chunks(c)})
+            offset += len(c.texts)
+        return outputs
 
 
 class Seq2SeqSummarizer(_HFRunner):
