@@ -67,11 +67,13 @@ class Client:
         priority: int = 5,
         idempotency_key: str | None = None,
         timeout: float | None = None,
+        truncate: bool | None = None,
     ) -> JobView:
-        """Classify `text` with a fixed-label model, or zero-shot over `labels`."""
+        """Classify `text` with a fixed-label model, or zero-shot over `labels` (a text longer than the
+        model's window: the mean of its chunks' logits, unless `truncate`)."""
         return self.submit(
             {"task": "classify", "text": text, "labels": labels, "model": model, "priority": priority,
-             "idempotency_key": idempotency_key, "timeout": timeout}
+             "idempotency_key": idempotency_key, "timeout": timeout, "truncate": truncate}
         )
 
     def summarize(
