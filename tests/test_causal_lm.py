@@ -6,6 +6,7 @@ output is exact: stop and length handling, per-row limits, left padding, chunks 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_token_windows_cover_the_text_with_overlap() -> None:
     assert token_windows(10, 10, 3) == [(0, 10)]
     windows = token_windows(100, 30, 5)
     assert windows[0] == (0, 30) and windows[-1][1] == 100
-    assert all(b[0] == a[1] - 5 for a, b in zip(windows, windows[1:], strict=False))
+    assert all(b[0] == a[1] - 5 for a, b in itertools.pairwise(windows))
     assert all(end - start <= 30 for start, end in windows)
 
 
