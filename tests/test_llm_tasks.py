@@ -6,12 +6,14 @@ MiniLM. Long texts are chunked, and every output says how many chunks it used.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pytest
 
 from producer import Client
+from tests.conftest import Backend
 from tests.tiny_llm import GREEDY_FILE
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -89,3 +91,16 @@ def test_the_gateway_takes_the_new_tasks_and_documents_them(client: Client) -> N
         assert refused.status_code == 422 and "target_language" in refused.text
         job = http.post("/v1/jobs", json={"task": "embed", "text": "hello"}).json()
     assert client.wait(job["id"], timeout=60).output["dimension"] == 384
+
+
+def test_the_cli_submits_the_new_tasks(backend: Backend, greedy: str) -> None:
+    from tests.test_cli import textq
+
+    answered = textq("submit", "It costs 12 million dollars.", "--task", "answer", "--question", "How much?",
+                     "--model", "tiny-llm-answer", "--wait", "60", "--json", env=backend.env)
+    assert answered.returncode == 0, answered.stderr
+    assert json.loads(answered.stdout)["output"]["answer"] == greedy
+    refused = textq("submit", "hello", "--task", "translate", "--target-language", "klingon", env=backend.env)
+    assert refused.returncode == 1 and "target_language" in refused.stderr and "Traceback" not in refused.stderr
+    models = textq("models", env=backend.env)
+    assert all(name in models.stdout for name in ("abstractive", "translate", "answer", "embed"))
