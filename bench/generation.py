@@ -86,6 +86,30 @@ def _through_textq(mode: str, client: Any, texts: Sequence[str], submit: Callabl
     return Result(mode, len(texts), sum(v.output["generated_tokens"] for v in views), seconds)
 
 
+def _textq_rows(env: BenchEnvironment, texts: Sequence[str], timeout: float) -> list[Result]:
+    from producer.client import Client
+
+    with Client(database_url=env.database_url, broker_url=env.broker_url) as client:
+        client.wait(client.summarize(texts[0], style="abstractive", model=MODEL).id, timeout=timeout)  # warm-up
+        return [
+            _through_textq("textq bulk (submit_many)", client, texts, lambda c, r: c.submit_many(r), timeout),
+            _through_textq("textq one job per request", client, texts, lambda c, r: [c.submit(x) for x in r], timeout),
+        ]
+
+
+def _latencies(env: BenchEnvironment, texts: Sequence[str], timeout: float) -> list[float]:
+    """Seconds from submit to result of one summary at a time (an idle worker)."""
+    from producer.client import Client
+
+    latencies = []
+    with Client(database_url=env.database_url, broker_url=env.broker_url) as client:
+        for text in texts:
+            started = time.perf_counter()
+            client.wait(client.summarize(text, style="abstractive", model=MODEL).id, timeout=timeout)
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=32, help="summaries per mode")
@@ -100,20 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         spec = _spec(args.max_new_tokens)
         env.models_file.write_text(json.dumps([spec]))
         rows = [raw_generate(spec, texts)]
-        from producer.client import Client
-
-        with textq_worker(env.env, MODEL, log_path=env.root / "worker.log").start(timeout=600), \
-                Client(database_url=env.database_url, broker_url=env.broker_url) as client:
-            client.wait(client.summarize(texts[0], style="abstractive", model=MODEL).id, timeout=args.timeout)  # warm-up
-            rows.append(_through_textq("textq bulk (submit_many)", client, texts,
-                                       lambda c, r: c.submit_many(r), args.timeout))
-            rows.append(_through_textq("textq one job per request", client, texts,
-                                       lambda c, r: [c.submit(x) for x in r], args.timeout))
-            latencies = []
-            for text in texts[: args.latency_runs]:
-                started = time.perf_counter()
-                client.wait(client.summarize(text, style="abstractive", model=MODEL).id, timeout=args.timeout)
-                latencies.append(time.perf_counter() - started)
+        worker = textq_worker(env.env, MODEL, log_path=env.root / "worker.log")
+        worker.start(timeout=600)  # a first run converts the GGUF file
+        try:
+            rows += _textq_rows(env, texts, args.timeout)
+            latencies = _latencies(env, texts[: args.latency_runs], args.timeout)
+        finally:
+            worker.stop()
 
     raw = rows[0]
     print(f"\n{args.n} summaries, max_new_tokens={args.max_new_tokens}, {args.database}\n")

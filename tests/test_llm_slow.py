@@ -34,9 +34,13 @@ def llm_client(tiny_models: object) -> Iterator[Client]:
     with new_backend("sqlite", "llm") as backend:
         # One torch thread per batcher: the three LLM specs share the weights and the cores.
         env = {**backend.env, "TEXTQ_WORKER_MODELS": "abstractive,translate,answer", "TEXTQ_TORCH_THREADS": "1"}
-        with WorkerProcess(env=env, log_path=TEST_ROOT / "worker-llm.log").start(timeout=300), \
-                Client(database_url=backend.database_url, broker_url=backend.broker_url) as client:
-            yield client
+        worker = WorkerProcess(env=env, log_path=TEST_ROOT / "worker-llm.log")
+        worker.start(timeout=300)  # a first run converts the GGUF file: longer than the default start timeout
+        try:
+            with Client(database_url=backend.database_url, broker_url=backend.broker_url) as client:
+                yield client
+        finally:
+            worker.stop()
 
 
 def test_real_llm_summary_translation_answer_and_injection(llm_client: Client) -> None:
