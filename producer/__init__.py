@@ -1,7 +1,7 @@
 """What a web backend imports: the Client, the request/response contract and textq's errors."""
 
 from producer.client import Client
-from producer.contract import ClassifyRequest, JobView, SummarizeRequest
+from producer.contract import AnswerRequest, ClassifyRequest, EmbedRequest, JobView, SummarizeRequest, TranslateRequest
 from producer.errors import (
     IdempotencyConflictError,
     InvalidJobError,
@@ -12,8 +12,10 @@ from producer.errors import (
 from producer.registry import ModelSpec
 
 __all__ = [
+    "AnswerRequest",
     "ClassifyRequest",
     "Client",
+    "EmbedRequest",
     "IdempotencyConflictError",
     "InvalidJobError",
     "JobNotFoundError",
@@ -22,4 +24,5 @@ __all__ = [
     "ModelSpec",
     "SummarizeRequest",
     "TextqError",
+    "TranslateRequest",
 ]

@@ -122,6 +122,15 @@ def _worker_problem(timeout: float = 2.0) -> str | None:
 @click.option("--labels", help="Comma-separated candidate labels (zero-shot classification).")
 @click.option("--summarize", "summarize", is_flag=True, help="Summarize instead of classify.")
 @click.option("--max-sentences", type=int, default=3, show_default=True, help="Summary length.")
+@click.option("--task", type=click.Choice(["classify", "summarize", "translate", "answer", "embed"]),
+              help="The task (default: classify, or summarize with --summarize). answer: TEXT is the context.")
+@click.option("--style", type=click.Choice(["extractive", "abstractive"]), help="Summary style (default: the model's).")
+@click.option("--max-words", type=int, help="Abstractive summary length in words.")
+@click.option("--target-language", help="translate: ISO 639-1 code or English name, e.g. fr or French.")
+@click.option("--source-language", help="translate: the text's language (default: the model tells).")
+@click.option("--question", help="answer: the question (TEXT is the context).")
+@click.option("--max-new-tokens", type=int, help="translate/answer: most tokens to generate.")
+@click.option("--truncate", is_flag=True, default=None, help="Cut a text longer than the model's window instead of chunking it.")
 @click.option("--priority", type=int, default=5, show_default=True, help="0 runs first, 9 last.")
 @click.option(
     "--file",
@@ -137,6 +146,14 @@ def submit(
     labels: str | None,
     summarize: bool,
     max_sentences: int,
+    task: str | None,
+    style: str | None,
+    max_words: int | None,
+    target_language: str | None,
+    source_language: str | None,
+    question: str | None,
+    max_new_tokens: int | None,
+    truncate: bool | None,
     priority: int,
     file: Path | None,
     wait_s: float | None,
@@ -160,10 +177,17 @@ def submit(
     if text is None:
         raise click.UsageError("give TEXT or --file")
     request: dict[str, Any] = {"text": text, "model": model, "priority": priority}
-    if summarize:
-        request.update(task="summarize", max_sentences=max_sentences)
-    else:
-        request.update(task="classify", labels=labels.split(",") if labels else None)
+    task = task or ("summarize" if summarize else "classify")
+    if task == "summarize":
+        request.update(max_sentences=max_sentences, style=style, max_words=max_words)
+    elif task == "classify":
+        request.update(labels=labels.split(",") if labels else None)
+    elif task == "translate":
+        request.update(target_language=target_language, source_language=source_language, max_new_tokens=max_new_tokens)
+    elif task == "answer":
+        request.update(context=request.pop("text"), question=question, max_new_tokens=max_new_tokens)
+    request.update(task=task, truncate=truncate)
+    request = {k: v for k, v in request.items() if v is not None}
     view = client.submit(request)
     if wait_s is not None:
         view = client.wait(view.id, timeout=wait_s)

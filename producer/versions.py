@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import versions as store
 from db.models import ModelVersion
-from producer.contract import ClassifyRequest, SummarizeRequest, resolve_model
+from producer.contract import AnyJobRequest, resolve_model
 from producer.errors import InvalidJobError, TextqError
 from producer.registry import ModelSpec, Registry
 
@@ -98,7 +98,7 @@ class VersionView(BaseModel):
 
 
 def resolve_pinned_model(
-    request: ClassifyRequest | SummarizeRequest, registry: Registry, sessions: sessionmaker[Session]
+    request: AnyJobRequest, registry: Registry, sessions: sessionmaker[Session]
 ) -> tuple[ModelSpec, str | None]:
     """The model a request runs on and the version it pins (`model="support@2"`), or InvalidJobError."""
     if request.model is None or "@" not in request.model:

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.services import build_tiny_models, create_postgres_database, drop_postgres_database, fresh_redis_db, release_redis_db
+from tests.tiny_llm import build_tiny_causal_lm, build_tiny_qa, tiny_llm_specs
 
 # Before any textq import reads settings: test models live in a per-session folder.
 TEST_ROOT = Path(tempfile.mkdtemp(prefix="textq-tests-"))
+TINY_LLM_SPECS = tiny_llm_specs(TEST_ROOT)
 MODELS_FILE = TEST_ROOT / "models.json"
 MODELS_FILE.write_text(
     json.dumps(
@@ -74,6 +76,7 @@ MODELS_FILE.write_text(
             },
             {"name": "failing", "kind": "classify", "runner": "tests.runners:FailingRunner", "max_wait_ms": 50},
             {"name": "threads", "kind": "classify", "runner": "tests.runners:ThreadReportingRunner"},
+            *TINY_LLM_SPECS,
             {
                 "name": "retrying",
                 "kind": "classify",
@@ -102,7 +105,15 @@ class Backend:
             "TEXTQ_SWEEP_INTERVAL_S": "0.5",
             "TEXTQ_LEASE_S": "20",
             "TOKENIZERS_PARALLELISM": "false",
+            "TEXTQ_WORKER_MODELS": models_without_gguf(),
         }
+
+
+def models_without_gguf() -> str:
+    """Every model but the GGUF LLMs (minutes to convert the first time): tests/test_llm_slow.py serves those."""
+    from producer.registry import load_registry
+
+    return ",".join(s.name for s in load_registry(MODELS_FILE).specs() if not (s.source or "").startswith("gguf:"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -115,6 +126,8 @@ def _cleanup_test_root() -> Iterator[None]:
 def tiny_models() -> Path:
     if not (TEST_ROOT / "tiny-classifier").exists():
         build_tiny_models(TEST_ROOT)
+        build_tiny_causal_lm(TEST_ROOT / "tiny-llm")
+        build_tiny_qa(TEST_ROOT / "tiny-qa", tokenizer_dir=TEST_ROOT / "tiny-classifier")
     return TEST_ROOT
 
 

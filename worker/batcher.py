@@ -292,7 +292,9 @@ class Batcher:
                 return [self._after_error(item.claim, exc) for item in items]
             half = len(items) // 2
             return self._predict_isolating(items[:half], runner) + self._predict_isolating(items[half:], runner)
-        return [Outcome.succeeded(item.claim, output, model_version=runner.version)
+        # An exception in a job's place is the runner's word on that job alone (e.g. past its time limit).
+        return [self._after_error(item.claim, output) if isinstance(output, Exception)
+                else Outcome.succeeded(item.claim, output, model_version=runner.version)
                 for item, output in zip(items, outputs, strict=True)]
 
     def _after_error(self, claim: store.ClaimedJob, exc: Exception) -> Outcome:

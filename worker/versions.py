@@ -20,6 +20,7 @@ import gc
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -67,7 +68,7 @@ class FineTunedRunner(Runner):
         """Load the active version (a worker may start before the first one is deployed)."""
         self._follow_active()
 
-    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+    def predict(self, batch: list[Any]) -> Sequence[dict[str, Any] | Exception]:
         return self.for_version(None).predict(batch)
 
     def for_version(self, pinned: str | None) -> Runner:

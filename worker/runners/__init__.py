@@ -16,6 +16,9 @@ BUILTIN_RUNNERS = {
     "hf_seq2seq": "worker.runners.huggingface:Seq2SeqSummarizer",
     "null": "worker.runners.null:NullRunner",
     FINE_TUNED_RUNNER: "worker.versions:FineTunedRunner",
+    "hf_causal_lm": "worker.runners.causal_lm:CausalLM",
+    "hf_extractive_qa": "worker.runners.question_answering:ExtractiveQA",
+    "embedding": "worker.runners.embeddings:EmbeddingRunner",
 }
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from producer.contract import JobInput
+from producer.contract import AnswerInput, JobInput
 from producer.registry import ModelSpec
 from worker.weights import local_weights_dir, weights_hash
 
@@ -32,12 +33,12 @@ class Runner(ABC):
         """Load weights onto `self.device`."""
 
     @abstractmethod
-    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
-        """One JSON-serialisable output per input, in order."""
+    def predict(self, batch: list[Any]) -> Sequence[dict[str, Any] | Exception]:
+        """One JSON-serialisable output per input, in order; an exception in a job's place fails that job alone."""
 
     def estimate_tokens(self, job_input: JobInput) -> int:
         """Token estimate used to sort a batch by length and bound it by `max_batch_tokens`."""
-        return len(job_input.text) // CHARS_PER_TOKEN + 2
+        return input_chars(job_input) // CHARS_PER_TOKEN + 2
 
     @cached_property
     def version(self) -> str | None:
@@ -59,6 +60,13 @@ class Runner(ABC):
         return None
 
 
+def input_chars(job_input: JobInput) -> int:
+    """Characters a job's model reads (an answer's question and context together)."""
+    if isinstance(job_input, AnswerInput):
+        return len(job_input.question) + len(job_input.context)
+    return len(job_input.text)
+
+
 class VersionNotServedError(LookupError):
     """A job pinned to a model version that this runner cannot run (deleted, or never made)."""
 
@@ -71,9 +79,13 @@ def pick_device(requested: str) -> torch.device:
 
 
 def resolve_source(source: str | None) -> str:
-    """A local path for `package:<module>` sources; hub ids and directories pass through to `from_pretrained`."""
+    """A local path for `package:<module>` and `gguf:` sources; hub ids and directories pass through to `from_pretrained`."""
     if source is None:
         raise ValueError("this runner needs a model source (hub id, directory or package:<module>)")
+    if source.startswith("gguf:"):
+        from worker.runners.gguf_source import resolve_gguf
+
+        return resolve_gguf(source)
     if source.startswith("package:"):
         module = importlib.import_module(source.removeprefix("package:"))
         getter = getattr(module, "get_model_path", None)

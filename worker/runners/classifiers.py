@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from producer.contract import ClassifyInput
 from worker.labelled_data import load_examples
 from worker.runners.base import label_scores
+from worker.runners.embeddings import describe_chunks, embed_long
 from worker.runners.encoder import EncoderRunner, softmax_scores
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -29,8 +30,10 @@ class PrototypeClassifier(EncoderRunner):
         self.prototypes = torch.stack([F.normalize(self.embed(examples[label]).mean(0), dim=0) for label in self.labels])
 
     def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
-        probabilities = softmax_scores(self.embed([x.text for x in batch]) @ self.prototypes.T, self.temperature)
-        return [label_scores(row.tolist(), self.labels) for row in probabilities]
+        vectors, chunks = embed_long(self, batch)
+        probabilities = softmax_scores(vectors @ self.prototypes.T, self.temperature)
+        return [{**label_scores(row.tolist(), self.labels), **describe_chunks(c)}
+                for row, c in zip(probabilities, chunks, strict=True)]
 
 
 def load_prototype_examples(name: str) -> dict[str, list[str]]:
@@ -59,10 +62,11 @@ class ZeroShotClassifier(EncoderRunner):
         return self.embed([self.template.format(label=label)])[0]
 
     def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
-        texts = self.embed([x.text for x in batch])
+        texts, chunks = embed_long(self, batch)
         outputs = []
-        for vector, job in zip(texts, batch, strict=True):
+        for vector, job, c in zip(texts, batch, chunks, strict=True):
             labels = job.labels or []
             label_matrix = torch.stack([self._label_vector(label) for label in labels])
-            outputs.append(label_scores(softmax_scores(label_matrix @ vector, self.temperature).tolist(), labels))
+            scores = label_scores(softmax_scores(label_matrix @ vector, self.temperature).tolist(), labels)
+            outputs.append({**scores, **describe_chunks(c)})
         return outputs

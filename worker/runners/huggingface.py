@@ -10,6 +10,8 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequence
 from producer.contract import ClassifyInput, SummarizeInput
 from worker.runners.backends import BackendError, Forward, load_forward
 from worker.runners.base import Runner, label_scores, max_length, resolve_source
+from worker.runners.chunking import split_by_tokens
+from worker.runners.embeddings import CHUNK_OVERLAP_TOKENS, describe_chunks
 
 
 class SequenceClassifier(Runner):
@@ -28,10 +30,18 @@ class SequenceClassifier(Runner):
 
     @torch.inference_mode()
     def predict(self, batch: list[ClassifyInput]) -> list[dict[str, Any]]:
-        encoded = self.tokenizer([x.text for x in batch], padding=True, truncation=True, max_length=self.max_tokens,
-                                 return_tensors="pt").to(self.forward.device)
+        window = self.max_tokens - self.tokenizer.num_special_tokens_to_add()
+        chunks = [split_by_tokens(self.tokenizer, x.text, window, CHUNK_OVERLAP_TOKENS, truncate=bool(x.truncate))
+                  for x in batch]
+        encoded = self.tokenizer([t for c in chunks for t in c.texts], padding=True, truncation=True,
+                                 max_length=self.max_tokens, return_tensors="pt").to(self.forward.device)
         logits = self.forward(encoded).float()
-        return [label_scores(row.tolist(), self.labels) for row in torch.softmax(logits, dim=-1)]
+        outputs, offset = [], 0
+        for c in chunks:  # a long text's logits: the mean of its chunks'
+            probabilities = torch.softmax(logits[offset : offset + len(c.texts)].mean(0), dim=-1)
+            outputs.append({**label_scores(probabilities.tolist(), self.labels), **describe_chunks(c)})
+            offset += len(c.texts)
+        return outputs
 
 
 class Seq2SeqSummarizer(Runner):
