@@ -52,6 +52,8 @@ class WorkerProcess:
 
     def start(self, timeout: float = 180.0) -> WorkerProcess:
         """Start the worker and return once it consumes (models loaded)."""
+        if self.alive():  # `with WorkerProcess(...).start()` would otherwise start a second, orphaned one
+            raise RuntimeError(f"worker {self.pid} is already running")
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
