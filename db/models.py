@@ -110,6 +110,10 @@ class Job(Base):
     custom_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     # Where to POST the finished job (db/webhooks.py queues the delivery in the result's transaction).
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # An operator's retry (db/retries.py): the error it ended with, and the attempts used before it.
+    previous_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    retried_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retried_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         CheckConstraint(

@@ -16,6 +16,7 @@ from producer.batch_cli import batch
 from producer.contract import JobView
 from producer.errors import TextqError
 from producer.registry import load_registry
+from producer.retry_cli import retry
 from producer.settings import producer_settings
 from producer.webhook_cli import webhooks
 from producer.worker_process import worker_command, worker_environment
@@ -308,6 +309,7 @@ def api(host: str, port: int, insecure_dev: bool) -> None:
 
 cli.add_command(batch)
 cli.add_command(webhooks)
+cli.add_command(retry)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from db import store
 from db.engine import session_factory, shared_engine
 from db.models import DEFAULT_TENANT, FINISHED_STATUSES, JobStatus, utcnow
 from db.settings import DatabaseSettings
+from producer import retries
 from producer.batches import Batches, BatchSource, BatchView
 from producer.broker import Publisher
 from producer.contract import (
@@ -323,6 +324,20 @@ class Client:
         if len(jobs) < limit:
             return JobPage(jobs=jobs)
         return JobPage(jobs=jobs, next_cursor=encode_cursor(store.PagePosition(jobs[-1].created_at, jobs[-1].id)))
+
+    def retry(self, job_id: uuid.UUID | str) -> JobView:
+        """Put a failed job back to queued (producer/retries.py); JobNotRetryableError for any other status."""
+        return retries.retry_one(self, _as_uuid(job_id))
+
+    def retry_many(self, ids: Sequence[uuid.UUID | str]) -> int:
+        """Retry the failed jobs among `ids` (others are skipped); returns how many were put back."""
+        return retries.retry_selected(self, [_as_uuid(i) for i in ids])
+
+    def retry_matching(self, *, status: str = "failed", model: str | None = None, error_type: str | None = None,
+                       since: datetime | None = None, dry_run: bool = False) -> retries.RetryCount:
+        """Retry every failed job matching the filter, in batches; with `dry_run`, only count them."""
+        return retries.retry_matching(self, status=status, model=model, error_type=error_type,
+                                      since=_in_utc(since, "since") if since is not None else None, dry_run=dry_run)
 
     # -- operations -------------------------------------------------------------------------
     def ping(self, timeout: float = PING_TIMEOUT_S) -> Readiness:

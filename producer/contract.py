@@ -228,6 +228,10 @@ class JobView(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     expires_at: datetime | None = None
+    # Set once an operator retried the job: its error then, and the attempts it had used (not counted in `attempts`).
+    previous_error: str | None = None
+    retried_attempts: int = 0
+    retried_at: datetime | None = None
 
     model_config = ConfigDict(from_attributes=True)
 

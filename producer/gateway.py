@@ -43,6 +43,7 @@ from producer.errors import (
     IdempotencyConflictError,
     InvalidJobError,
     JobNotFoundError,
+    JobNotRetryableError,
     ListTimeoutError,
     TextqError,
 )
@@ -156,6 +157,7 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
     app.add_exception_handler(JobNotFoundError, _not_found)
     app.add_exception_handler(ListTimeoutError, _list_timeout)
     app.add_exception_handler(IdempotencyConflictError, _idempotency_conflict)
+    app.add_exception_handler(JobNotRetryableError, _not_retryable)
     for unavailable in (DBAPIError, PoolTimeoutError, redis.ConnectionError, redis.TimeoutError):
         app.add_exception_handler(unavailable, _unavailable)
     if settings.metrics != "off":
@@ -319,6 +321,12 @@ async def _list_timeout(_request: Request, exc: Exception) -> JSONResponse:
 async def _idempotency_conflict(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, IdempotencyConflictError)
     return JSONResponse(_errors_body(str(exc), [FieldError("Idempotency-Key", exc.reason)]), status_code=409)
+
+
+async def _not_retryable(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, JobNotRetryableError)
+    return JSONResponse(_errors_body(str(exc), [FieldError("status", f"is {exc.status}; only failed jobs can be retried")]),
+                        status_code=409)
 
 
 async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
@@ -492,7 +500,41 @@ def _job_routes(waiter: FinishWaiter) -> APIRouter:
         """Cancel a queued or running job (a running job's result is discarded); a finished job is returned as is."""
         return await blocking(partial(client.cancel, job_id))
 
+    @router.post("/retry", response_model=RetryCountBody, responses={422: {"model": ErrorBody}})
+    async def retry_matching(client: _Canceller, body: RetryFilterBody) -> RetryCountBody:
+        """Retry every failed job matching the filter, in batches (`dry_run`: only count them first).
+
+        Retrying needs the `cancel` scope: like a cancel, it changes what runs, over the key's own jobs.
+        """
+        count = await blocking(partial(client.retry_matching, status=body.status, model=body.model,
+                                       error_type=body.error_type, since=body.since, dry_run=body.dry_run))
+        return RetryCountBody(matched=count.matched, retried=count.retried, dry_run=count.dry_run)
+
+    @router.post("/{job_id}/retry", response_model=JobView,
+                 responses={404: {"description": "no such job"}, 409: {"model": ErrorBody, "description": "not failed"}})
+    async def retry_job(client: _Canceller, job_id: str) -> JobView:
+        """Put a failed job back to queued (its error and attempts kept as `previous_error`, `retried_attempts`)."""
+        return await blocking(partial(client.retry, job_id))
+
     return router
+
+
+class RetryFilterBody(BaseModel):
+    """Which failed jobs a bulk retry takes; no filter: every failed job the key sees."""
+
+    model_config = {"extra": "forbid"}
+
+    status: Literal["failed"] = "failed"
+    model: str | None = Field(None, min_length=1, max_length=128)
+    error_type: str | None = Field(None, min_length=1, max_length=128)
+    since: datetime | None = Field(None, description="only jobs that finished at or after this time (ISO 8601, with a zone)")
+    dry_run: bool = False
+
+
+class RetryCountBody(BaseModel):
+    matched: int
+    retried: int
+    dry_run: bool
 
 
 def _jobs_of(payload: Any) -> tuple[list[dict[str, Any]], bool]:
