@@ -21,6 +21,7 @@ from db import store
 from db.engine import session_factory, shared_engine
 from db.models import DEFAULT_TENANT, FINISHED_STATUSES, JobStatus, utcnow
 from db.settings import DatabaseSettings
+from producer import overview as overviews
 from producer import retries
 from producer.batches import Batches, BatchSource, BatchView
 from producer.broker import Publisher
@@ -369,6 +370,18 @@ class Client:
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting on each registry model's queue."""
         return {name: self.publisher.queue_depth(name) for name in self.registry.names()}
+
+    def queue_stats(self) -> list[overviews.QueueStats]:
+        """Each model's queue depth and oldest queued job's age (producer/overview.py): what /metrics exports."""
+        return overviews.queue_stats(self)
+
+    def overview(self) -> overviews.Overview:
+        """Per model: queue, running, succeeded and failed over the last hour; throughput and latency per minute."""
+        return overviews.model_overview(self)
+
+    def failure_groups(self) -> list[overviews.FailureGroupView]:
+        """Failed jobs grouped by model and error type, the largest group first."""
+        return overviews.failure_groups(self)
 
     def count_by_status(self) -> dict[str, int]:
         with self.sessions() as session:

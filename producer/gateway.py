@@ -48,6 +48,7 @@ from producer.errors import (
     TextqError,
 )
 from producer.paging import MAX_PAGE, JobPage
+from producer.queue_metrics import QueueCollector
 from producer.tenants import DEFAULT_TENANT, ApiKey, Scope, load_api_keys
 from producer.waiter import FinishWaiter
 from producer.webhook_routes import include_webhook_routes
@@ -161,7 +162,7 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
     for unavailable in (DBAPIError, PoolTimeoutError, redis.ConnectionError, redis.TimeoutError):
         app.add_exception_handler(unavailable, _unavailable)
     if settings.metrics != "off":
-        _serve_metrics(app, _guard(settings.metrics))
+        _serve_metrics(app, _guard(settings.metrics), the_client)
     if settings.docs == "admin":
         _serve_docs_to_admins(app)
     app.include_router(_health_routes(the_client))
@@ -380,7 +381,7 @@ def _serve_docs_to_admins(app: FastAPI) -> None:
 
 
 # -- metrics ----------------------------------------------------------------------------------
-def _serve_metrics(app: FastAPI, dependencies: list[Any]) -> None:
+def _serve_metrics(app: FastAPI, dependencies: list[Any], client: Client) -> None:
     """Request counts and latency by route template at GET /metrics (Prometheus text format).
 
     A registry of the app's own, so that several apps in one process (tests) do not collide.
@@ -390,6 +391,7 @@ def _serve_metrics(app: FastAPI, dependencies: list[Any]) -> None:
                        registry=registry)
     latency = Histogram("textq_gateway_request_seconds", "HTTP request latency", ["method", "route"], registry=registry,
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+    registry.register(QueueCollector(client))
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
