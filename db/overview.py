@@ -62,7 +62,7 @@ _MINUTES_POSTGRES = text(
     """SELECT date_trunc('minute', finished_at) AS minute, model, count(*),
               percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)),
               percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at))
-       FROM jobs WHERE finished_at >= :since AND status = 'succeeded' AND (:tenant IS NULL OR tenant = :tenant)
+       FROM jobs WHERE finished_at >= :since AND status = 'succeeded' AND (CAST(:tenant AS text) IS NULL OR tenant = :tenant)
        GROUP BY 1, 2 ORDER BY 1, 2"""
 )
 

@@ -23,7 +23,8 @@ class QueueCollector(Collector):
         self.client = client
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        depth = GaugeMetricFamily("textq_queue_depth", "Messages waiting on the model's Redis list (each carries one or more jobs)", labels=["model"])
+        depth = GaugeMetricFamily("textq_queue_depth", "Messages waiting on the model's Redis list (each carries jobs)",
+                                  labels=["model"])
         oldest = GaugeMetricFamily("textq_oldest_queued_seconds",
                                    "Age of the model's oldest queued job (0: none queued)", labels=["model"])
         try:
