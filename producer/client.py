@@ -295,6 +295,9 @@ class Client:
         before: datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        since: datetime | None = None,
+        error_type: str | None = None,
+        text_contains: str | None = None,
     ) -> JobPage:
         """Jobs newest first, `limit` (1-200) per page; pass the page's `next_cursor` for the next one.
 
@@ -305,6 +308,11 @@ class Client:
             raise InvalidJobError.single("limit", f"must be between 1 and {MAX_PAGE}")
         if before is not None:
             before = _in_utc(before, "before")
+        if since is not None:
+            since = _in_utc(since, "since")
+        for name, value in (("error_type", error_type), ("text_contains", text_contains)):
+            if value is not None and not (0 < len(value) <= _MODEL_MAX_CHARS and value.isprintable()):
+                raise InvalidJobError.single(name, f"must be 1-{_MODEL_MAX_CHARS} printable characters")
         if model is not None and not (0 < len(model) <= _MODEL_MAX_CHARS and model.isprintable()):
             raise InvalidJobError.single("model", f"must be 1-{_MODEL_MAX_CHARS} printable characters")
         try:
@@ -315,7 +323,8 @@ class Client:
         try:
             with self.sessions() as session:
                 rows = store.list_jobs(session, status=wanted, model=model, tenant=self.visible_tenant, limit=limit,
-                                       before=before, after=after, time_limit_s=self.list_time_limit_s)
+                                       before=before, after=after, time_limit_s=self.list_time_limit_s,
+                                       since=since, error_type=error_type, text_contains=text_contains)
                 jobs = [JobView.model_validate(j) for j in rows]
         except TimeoutError:
             raise ListTimeoutError(

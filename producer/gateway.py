@@ -37,6 +37,7 @@ from starlette.types import Scope as AsgiScope
 
 from producer.batch_routes import FILES_PATH, include_batch_routes
 from producer.client import Client, JobStatus
+from producer.console import include_console
 from producer.contract import JobRequest, JobView
 from producer.errors import (
     FieldError,
@@ -170,6 +171,7 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
     # Batches and webhook endpoints are gateway-wide: any valid key (not yet scoped by tenant).
     include_batch_routes(app, the_client, dependencies=[Depends(_caller)])
     include_webhook_routes(app, the_client, dependencies=[Depends(_caller)])
+    include_console(app)  # /console: same keys, a session cookie (producer/console/)
     _document_job_request(app)
     return app
 
@@ -191,6 +193,10 @@ class KeyRing:
         # compare_digest against every key: the time taken says nothing about which key is close.
         matches = [k for secret, k in self._keys if hmac.compare_digest(given.encode(), secret)]
         return matches[0] if matches else None
+
+    def known_keys(self) -> list[ApiKey]:
+        """Every configured key (the anonymous one under insecure_dev): the console's session names one."""
+        return [k for _, k in self._keys] or ([self._anonymous] if self._anonymous else [])
 
     def client_of(self, key: ApiKey) -> Client:
         return self._clients[(key.tenant, key.sees_all)]
