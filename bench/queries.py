@@ -13,7 +13,7 @@ from datetime import timedelta
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from db import store, upgrade
+from db import overview, store, upgrade
 from db.engine import make_engine, session_factory, shared_engine
 from db.models import JobStatus, utcnow
 from tests.services import create_postgres_database, drop_postgres_database
@@ -77,6 +77,15 @@ def main() -> None:
         timed("sweeper: jobs to re-publish",
               lambda s: store.jobs_to_republish(s, stale_after=timedelta(seconds=60), limit=1000), sessions)
         timed("count by status (textq status)", store.count_by_status, sessions, repeat=5)
+        hour_ago = utcnow() - overview.WINDOW
+        models = ["sentiment", "zero-shot", "summarize"]
+        timed("overview: oldest queued job per model (/metrics)", lambda s: overview.oldest_queued(s, models=models), sessions)
+        timed("overview: queued and running per model", overview.unfinished_counts, sessions)
+        timed("overview: finished per model and status, last hour",
+              lambda s: overview.finished_counts(s, since=hour_ago), sessions)
+        timed("overview: jobs/s and p50/p95 per minute, last 30 min",
+              lambda s: overview.minute_stats(s, since=utcnow() - timedelta(minutes=30)), sessions)
+        timed("overview: failed jobs grouped by model and error type", overview.failure_groups, sessions)
         timed("purge a batch of 10,000 finished jobs older than 7 days",
               lambda s: store.purge_jobs(s, finished_before=week_ago, limit=10_000), sessions, repeat=5)
         if args.plans:

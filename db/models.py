@@ -114,6 +114,10 @@ class Job(Base):
     # The weights that computed the job: `name@N` for a fine-tuned model (set at submit when the
     # request pins it), a content hash of the weight files for others.
     model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # An operator's retry (db/retries.py): the error it ended with, and the attempts used before it.
+    previous_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    retried_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    retried_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     __table_args__ = (
         CheckConstraint(

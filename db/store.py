@@ -447,6 +447,9 @@ def list_jobs(
     before: datetime | None = None,
     after: PagePosition | None = None,
     time_limit_s: float | None = None,
+    since: datetime | None = None,
+    error_type: str | None = None,
+    text_contains: str | None = None,
 ) -> list[Job]:
     """Up to `limit` jobs newest first, by (created_at, id); the next page starts after the last row.
 
@@ -460,6 +463,12 @@ def list_jobs(
         stmt = stmt.where(Job.model == model)
     if before is not None:
         stmt = stmt.where(Job.created_at < before)
+    if since is not None:
+        stmt = stmt.where(Job.created_at >= since)
+    if error_type is not None:
+        stmt = stmt.where(Job.error_type == error_type)
+    if text_contains is not None:  # a scan of the rows the other filters leave: the time limit bounds it
+        stmt = stmt.where(func.lower(Job.input["text"].as_string()).contains(text_contains.lower(), autoescape=True))
     if after is not None:
         stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(
             bindparam("after_created_at", after.created_at, type_=UTCDateTime()),

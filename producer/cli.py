@@ -16,6 +16,7 @@ from producer.batch_cli import batch
 from producer.contract import JobView
 from producer.errors import TextqError
 from producer.registry import load_registry
+from producer.retry_cli import retry
 from producer.settings import producer_settings
 from producer.webhook_cli import webhooks
 from producer.worker_process import worker_command, worker_environment
@@ -341,6 +342,7 @@ from producer.finetune_cli import COMMANDS as _FINETUNE_COMMANDS  # noqa: E402  
 
 for _command in _FINETUNE_COMMANDS:
     cli.add_command(_command)
+cli.add_command(retry)
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ from db import store
 from db.engine import session_factory, shared_engine
 from db.models import DEFAULT_TENANT, FINISHED_STATUSES, JobStatus, utcnow
 from db.settings import DatabaseSettings
+from producer import overview as overviews
+from producer import retries
 from producer.batches import Batches, BatchSource, BatchView
 from producer.broker import Publisher
 from producer.contract import (
@@ -319,6 +321,9 @@ class Client:
         before: datetime | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        since: datetime | None = None,
+        error_type: str | None = None,
+        text_contains: str | None = None,
     ) -> JobPage:
         """Jobs newest first, `limit` (1-200) per page; pass the page's `next_cursor` for the next one.
 
@@ -329,6 +334,11 @@ class Client:
             raise InvalidJobError.single("limit", f"must be between 1 and {MAX_PAGE}")
         if before is not None:
             before = _in_utc(before, "before")
+        if since is not None:
+            since = _in_utc(since, "since")
+        for name, value in (("error_type", error_type), ("text_contains", text_contains)):
+            if value is not None and not (0 < len(value) <= _MODEL_MAX_CHARS and value.isprintable()):
+                raise InvalidJobError.single(name, f"must be 1-{_MODEL_MAX_CHARS} printable characters")
         if model is not None and not (0 < len(model) <= _MODEL_MAX_CHARS and model.isprintable()):
             raise InvalidJobError.single("model", f"must be 1-{_MODEL_MAX_CHARS} printable characters")
         try:
@@ -339,7 +349,8 @@ class Client:
         try:
             with self.sessions() as session:
                 rows = store.list_jobs(session, status=wanted, model=model, tenant=self.visible_tenant, limit=limit,
-                                       before=before, after=after, time_limit_s=self.list_time_limit_s)
+                                       before=before, after=after, time_limit_s=self.list_time_limit_s,
+                                       since=since, error_type=error_type, text_contains=text_contains)
                 jobs = [JobView.model_validate(j) for j in rows]
         except TimeoutError:
             raise ListTimeoutError(
@@ -349,6 +360,20 @@ class Client:
         if len(jobs) < limit:
             return JobPage(jobs=jobs)
         return JobPage(jobs=jobs, next_cursor=encode_cursor(store.PagePosition(jobs[-1].created_at, jobs[-1].id)))
+
+    def retry(self, job_id: uuid.UUID | str) -> JobView:
+        """Put a failed job back to queued (producer/retries.py); JobNotRetryableError for any other status."""
+        return retries.retry_one(self, _as_uuid(job_id))
+
+    def retry_many(self, ids: Sequence[uuid.UUID | str]) -> int:
+        """Retry the failed jobs among `ids` (others are skipped); returns how many were put back."""
+        return retries.retry_selected(self, [_as_uuid(i) for i in ids])
+
+    def retry_matching(self, *, status: str = "failed", model: str | None = None, error_type: str | None = None,
+                       since: datetime | None = None, dry_run: bool = False) -> retries.RetryCount:
+        """Retry every failed job matching the filter, in batches; with `dry_run`, only count them."""
+        return retries.retry_matching(self, status=status, model=model, error_type=error_type,
+                                      since=_in_utc(since, "since") if since is not None else None, dry_run=dry_run)
 
     # -- operations -------------------------------------------------------------------------
     def ping(self, timeout: float = PING_TIMEOUT_S) -> Readiness:
@@ -380,6 +405,18 @@ class Client:
     def queue_depths(self) -> dict[str, int]:
         """Messages waiting on each registry model's queue."""
         return {name: self.publisher.queue_depth(name) for name in self.registry.names()}
+
+    def queue_stats(self) -> list[overviews.QueueStats]:
+        """Each model's queue depth and oldest queued job's age (producer/overview.py): what /metrics exports."""
+        return overviews.queue_stats(self)
+
+    def overview(self) -> overviews.Overview:
+        """Per model: queue, running, succeeded and failed over the last hour; throughput and latency per minute."""
+        return overviews.model_overview(self)
+
+    def failure_groups(self) -> list[overviews.FailureGroupView]:
+        """Failed jobs grouped by model and error type, the largest group first."""
+        return overviews.failure_groups(self)
 
     def count_by_status(self) -> dict[str, int]:
         with self.sessions() as session:

@@ -301,6 +301,10 @@ class JobView(BaseModel):
     expires_at: datetime | None = None
     # The weights that computed it: `name@N` (fine-tuned models; set at submit when pinned) or a weights hash.
     model_version: str | None = None
+    # Set once an operator retried the job: its error then, and the attempts it had used (not counted in `attempts`).
+    previous_error: str | None = None
+    retried_attempts: int = 0
+    retried_at: datetime | None = None
 
     model_config = ConfigDict(from_attributes=True)
 

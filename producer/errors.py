@@ -34,6 +34,15 @@ class JobNotFoundError(TextqError, LookupError):
     """No job has this id (it was never created, or was purged by retention)."""
 
 
+class JobNotRetryableError(TextqError, ValueError):
+    """Only a failed job can be retried; this one is in another state (it is left as it is)."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id} is {status}: only a failed job can be retried")
+
+
 class JobTimeoutError(TextqError, TimeoutError):
     """The job did not finish within the wait timeout; it may still finish later: call get()."""
 

@@ -37,17 +37,20 @@ from starlette.types import Scope as AsgiScope
 
 from producer.batch_routes import FILES_PATH, include_batch_routes
 from producer.client import Client, JobStatus
+from producer.console import include_console
 from producer.contract import JobRequest, JobView
 from producer.errors import (
     FieldError,
     IdempotencyConflictError,
     InvalidJobError,
     JobNotFoundError,
+    JobNotRetryableError,
     ListTimeoutError,
     TextqError,
 )
 from producer.feedback import FeedbackRequest, FeedbackView
 from producer.paging import MAX_PAGE, JobPage
+from producer.queue_metrics import QueueCollector
 from producer.tenants import DEFAULT_TENANT, ApiKey, Scope, load_api_keys
 from producer.waiter import FinishWaiter
 from producer.webhook_routes import include_webhook_routes
@@ -157,10 +160,11 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
     app.add_exception_handler(JobNotFoundError, _not_found)
     app.add_exception_handler(ListTimeoutError, _list_timeout)
     app.add_exception_handler(IdempotencyConflictError, _idempotency_conflict)
+    app.add_exception_handler(JobNotRetryableError, _not_retryable)
     for unavailable in (DBAPIError, PoolTimeoutError, redis.ConnectionError, redis.TimeoutError):
         app.add_exception_handler(unavailable, _unavailable)
     if settings.metrics != "off":
-        _serve_metrics(app, _guard(settings.metrics))
+        _serve_metrics(app, _guard(settings.metrics), the_client)
     if settings.docs == "admin":
         _serve_docs_to_admins(app)
     app.include_router(_health_routes(the_client))
@@ -168,6 +172,7 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
     # Batches and webhook endpoints are gateway-wide: any valid key (not yet scoped by tenant).
     include_batch_routes(app, the_client, dependencies=[Depends(_caller)])
     include_webhook_routes(app, the_client, dependencies=[Depends(_caller)])
+    include_console(app)  # /console: same keys, a session cookie (producer/console/)
     _document_job_request(app)
     return app
 
@@ -189,6 +194,10 @@ class KeyRing:
         # compare_digest against every key: the time taken says nothing about which key is close.
         matches = [k for secret, k in self._keys if hmac.compare_digest(given.encode(), secret)]
         return matches[0] if matches else None
+
+    def known_keys(self) -> list[ApiKey]:
+        """Every configured key (the anonymous one under insecure_dev): the console's session names one."""
+        return [k for _, k in self._keys] or ([self._anonymous] if self._anonymous else [])
 
     def client_of(self, key: ApiKey) -> Client:
         return self._clients[(key.tenant, key.sees_all)]
@@ -322,6 +331,12 @@ async def _idempotency_conflict(_request: Request, exc: Exception) -> JSONRespon
     return JSONResponse(_errors_body(str(exc), [FieldError("Idempotency-Key", exc.reason)]), status_code=409)
 
 
+async def _not_retryable(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, JobNotRetryableError)
+    return JSONResponse(_errors_body(str(exc), [FieldError("status", f"is {exc.status}; only failed jobs can be retried")]),
+                        status_code=409)
+
+
 async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
     """503 when the database or Redis cannot be reached; any other database error stays a 500 (a bug)."""
     if isinstance(exc, DBAPIError) and not (isinstance(exc, OperationalError) or exc.connection_invalidated):
@@ -373,7 +388,7 @@ def _serve_docs_to_admins(app: FastAPI) -> None:
 
 
 # -- metrics ----------------------------------------------------------------------------------
-def _serve_metrics(app: FastAPI, dependencies: list[Any]) -> None:
+def _serve_metrics(app: FastAPI, dependencies: list[Any], client: Client) -> None:
     """Request counts and latency by route template at GET /metrics (Prometheus text format).
 
     A registry of the app's own, so that several apps in one process (tests) do not collide.
@@ -383,6 +398,7 @@ def _serve_metrics(app: FastAPI, dependencies: list[Any]) -> None:
                        registry=registry)
     latency = Histogram("textq_gateway_request_seconds", "HTTP request latency", ["method", "route"], registry=registry,
                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+    registry.register(QueueCollector(client))
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -500,7 +516,41 @@ def _job_routes(waiter: FinishWaiter) -> APIRouter:
         `textq finetune --from-feedback`."""
         return await blocking(partial(client.feedback, job_id, label=body.label))
 
+    @router.post("/retry", response_model=RetryCountBody, responses={422: {"model": ErrorBody}})
+    async def retry_matching(client: _Canceller, body: RetryFilterBody) -> RetryCountBody:
+        """Retry every failed job matching the filter, in batches (`dry_run`: only count them first).
+
+        Retrying needs the `cancel` scope: like a cancel, it changes what runs, over the key's own jobs.
+        """
+        count = await blocking(partial(client.retry_matching, status=body.status, model=body.model,
+                                       error_type=body.error_type, since=body.since, dry_run=body.dry_run))
+        return RetryCountBody(matched=count.matched, retried=count.retried, dry_run=count.dry_run)
+
+    @router.post("/{job_id}/retry", response_model=JobView,
+                 responses={404: {"description": "no such job"}, 409: {"model": ErrorBody, "description": "not failed"}})
+    async def retry_job(client: _Canceller, job_id: str) -> JobView:
+        """Put a failed job back to queued (its error and attempts kept as `previous_error`, `retried_attempts`)."""
+        return await blocking(partial(client.retry, job_id))
+
     return router
+
+
+class RetryFilterBody(BaseModel):
+    """Which failed jobs a bulk retry takes; no filter: every failed job the key sees."""
+
+    model_config = {"extra": "forbid"}
+
+    status: Literal["failed"] = "failed"
+    model: str | None = Field(None, min_length=1, max_length=128)
+    error_type: str | None = Field(None, min_length=1, max_length=128)
+    since: datetime | None = Field(None, description="only jobs that finished at or after this time (ISO 8601, with a zone)")
+    dry_run: bool = False
+
+
+class RetryCountBody(BaseModel):
+    matched: int
+    retried: int
+    dry_run: bool
 
 
 def _jobs_of(payload: Any) -> tuple[list[dict[str, Any]], bool]:

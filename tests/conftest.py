@@ -77,6 +77,8 @@ MODELS_FILE.write_text(
             {"name": "failing", "kind": "classify", "runner": "tests.runners:FailingRunner", "max_wait_ms": 50},
             {"name": "threads", "kind": "classify", "runner": "tests.runners:ThreadReportingRunner"},
             *TINY_LLM_SPECS,
+            {"name": "flaky", "kind": "classify", "runner": "tests.runners:FailOnceRunner", "max_wait_ms": 20,
+             "max_batch_size": 1, "options": {"seen_log": str(TEST_ROOT / "flaky-seen.log")}},
             {
                 "name": "retrying",
                 "kind": "classify",

@@ -72,6 +72,21 @@ class FailingRunner(EchoRunner):
         return super().predict(batch)
 
 
+class FailOnceRunner(EchoRunner):
+    """Fails a text containing "FLAKY" the first time it is computed (by any runner sharing the file
+    `options.seen_log`) and succeeds after: a job that an operator's retry brings through."""
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        seen_log = Path(self.spec.options["seen_log"])
+        seen = set(seen_log.read_text().splitlines()) if seen_log.exists() else set()
+        first = [x.text for x in batch if "FLAKY" in x.text and x.text not in seen]
+        if first:
+            with seen_log.open("a") as f:
+                f.write("".join(f"{text}\n" for text in first))
+            raise ValueError(f"first try of {first[0][:40]} fails")
+        return super().predict(batch)
+
+
 class ThreadReportingRunner(_TestRunner):
     """Says which thread loaded it and which runs it (torch work must stay in one thread)."""
 
