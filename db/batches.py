@@ -1,7 +1,9 @@
 """The store API of batches and their files: every read and write of `files`, `file_chunks`,
 `batches` and the batch columns of `jobs`.
 
-As in db/store.py, functions take a session, are keyword-only and never commit.
+As in db/store.py, functions take a session, are keyword-only and never commit. A `tenant` argument
+limits a read or write to that tenant's files and batches (another tenant's is as if missing); None
+means every tenant's.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy import Table, and_, delete, exists, func, insert, or_, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import Batch, BatchStatus, FileChunk, Job, JobStatus, StoredFile, utcnow
+from db.models import Batch, BatchStatus, FileChunk, Job, JobStatus, StoredFile, of_tenant, utcnow
 from db.store import EXPIRED_ERROR, EXPIRED_MESSAGE
 
 JOBS = cast(Table, Job.__table__)
@@ -32,8 +34,9 @@ def add_chunk(session: Session, *, file_id: str, seq: int, first_line: int, data
     session.execute(insert(FileChunk).values(file_id=file_id, seq=seq, first_line=first_line, data=data))
 
 
-def get_file(session: Session, *, file_id: str) -> StoredFile | None:
-    return session.get(StoredFile, file_id, populate_existing=True)
+def get_file(session: Session, *, file_id: str, tenant: str | None = None) -> StoredFile | None:
+    stmt = select(StoredFile).where(StoredFile.id == file_id, *of_tenant(StoredFile.tenant, tenant))
+    return session.scalars(stmt.execution_options(populate_existing=True)).first()
 
 
 def read_chunk(session: Session, *, file_id: str, seq: int) -> FileChunk | None:
@@ -48,11 +51,14 @@ def chunk_with_line(session: Session, *, file_id: str, line: int) -> int:
     return int(found or 0)
 
 
-def delete_file(session: Session, *, file_id: str) -> bool:
-    """Delete a file and its chunks; False if there was none."""
+def delete_file(session: Session, *, file_id: str, tenant: str | None = None) -> bool:
+    """Delete a file and its chunks; False if there was none (or it is another tenant's)."""
+    owned = delete(StoredFile).where(StoredFile.id == file_id, *of_tenant(StoredFile.tenant, tenant))
+    if not session.execute(owned).rowcount:  # type: ignore[attr-defined]
+        return False
     # Explicit: SQLite enforces no foreign keys (no ON DELETE CASCADE) unless a pragma asks.
     session.execute(delete(FileChunk).where(FileChunk.file_id == file_id))
-    return bool(session.execute(delete(StoredFile).where(StoredFile.id == file_id)).rowcount)  # type: ignore[attr-defined]
+    return True
 
 
 # -- batches ------------------------------------------------------------------------------------
@@ -61,15 +67,16 @@ def add_batch(session: Session, *, batch: Batch) -> None:
     session.flush()
 
 
-def get_batch(session: Session, *, batch_id: str) -> Batch | None:
-    return session.get(Batch, batch_id, populate_existing=True)
+def get_batch(session: Session, *, batch_id: str, tenant: str | None = None) -> Batch | None:
+    stmt = select(Batch).where(Batch.id == batch_id, *of_tenant(Batch.tenant, tenant))
+    return session.scalars(stmt.execution_options(populate_existing=True)).first()
 
 
-def list_batches(session: Session, *, limit: int, after: str | None = None) -> list[Batch]:
+def list_batches(session: Session, *, limit: int, after: str | None = None, tenant: str | None = None) -> list[Batch]:
     """Newest first; `after` is the id of the previous page's last batch."""
-    stmt = select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
+    stmt = select(Batch).where(*of_tenant(Batch.tenant, tenant)).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit)
     if after is not None:
-        last = session.get(Batch, after)
+        last = get_batch(session, batch_id=after, tenant=tenant)
         if last is not None:
             stmt = stmt.where(or_(Batch.created_at < last.created_at,
                                   and_(Batch.created_at == last.created_at, Batch.id < last.id)))
@@ -82,13 +89,13 @@ def unfinished_batch_ids(session: Session, *, limit: int = 1000) -> list[str]:
 
 
 def take_lease(session: Session, *, batch_id: str, owner: str, until: datetime, loaded: bool,
-               statuses: Sequence[BatchStatus]) -> bool:
+               statuses: Sequence[BatchStatus], tenant: str | None = None) -> bool:
     """Compare-and-set: lease the batch to `owner` if it is in `statuses`, its `loaded` flag is as
     given and no other lease is valid. Two processes never both get it."""
     now = utcnow()
     result = session.execute(
         update(Batch)
-        .where(Batch.id == batch_id, Batch.status.in_(statuses), Batch.loaded == loaded,
+        .where(Batch.id == batch_id, Batch.status.in_(statuses), Batch.loaded == loaded, *of_tenant(Batch.tenant, tenant),
                or_(Batch.lease_until.is_(None), Batch.lease_until < now, Batch.lease_owner == owner))
         .values(lease_owner=owner, lease_until=until),
         execution_options={"synchronize_session": False},
@@ -143,12 +150,13 @@ def start_finalizing(session: Session, *, batch_id: str, owner: str, until: date
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def request_cancel(session: Session, *, batch_id: str) -> bool:
+def request_cancel(session: Session, *, batch_id: str, tenant: str | None = None) -> bool:
     """Mark an unfinished, unfinalized batch cancelling and cancel its unfinished jobs."""
     now = utcnow()
     result = session.execute(
         update(Batch)
-        .where(Batch.id == batch_id, Batch.status.in_([BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS]))
+        .where(Batch.id == batch_id, Batch.status.in_([BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS]),
+               *of_tenant(Batch.tenant, tenant))
         .values(status=BatchStatus.CANCELLING, cancelling_at=now),
         execution_options={"synchronize_session": False},
     )

@@ -27,7 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, InstrumentedAttribute, Mapped, MappedColumn, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 
 class JobStatus(StrEnum):
@@ -176,6 +177,16 @@ class BatchStatus(StrEnum):
 FINAL_BATCH_STATUSES = frozenset({BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
 
 
+def tenant_column() -> MappedColumn[Any]:
+    """The owning tenant of a file, batch or webhook row, as `jobs.tenant` (existing rows: the default tenant)."""
+    return mapped_column(String(TENANT_MAX_CHARS), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
+
+
+def of_tenant(column: InstrumentedAttribute[str], tenant: str | None) -> list[ColumnElement[bool]]:
+    """The WHERE clauses that keep `tenant`'s rows by their tenant `column`: none when None (every tenant's)."""
+    return [] if tenant is None else [column == tenant]
+
+
 _UNFINISHED_BATCH = "status IN ('validating', 'in_progress', 'finalizing', 'cancelling')"
 
 
@@ -189,6 +200,8 @@ class StoredFile(Base):
     filename: Mapped[str] = mapped_column(String(255))
     bytes: Mapped[int] = mapped_column(BigInteger)
     lines: Mapped[int] = mapped_column(Integer)
+    # Whose file: an upload's uploader, a batch's output and error files the batch's tenant.
+    tenant: Mapped[str] = tenant_column()
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -211,6 +224,8 @@ class Batch(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     endpoint: Mapped[str] = mapped_column(String(64))
     input_file_id: Mapped[str] = mapped_column(String(64))
+    # Who created the batch: its jobs, its output and error files and its events are this tenant's.
+    tenant: Mapped[str] = tenant_column()
     completion_window: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=BatchStatus.VALIDATING)
     priority: Mapped[int] = mapped_column(Integer)
@@ -243,6 +258,7 @@ class Batch(Base):
 
     __table_args__ = (
         Index("ix_batches_created_at", "created_at"),
+        Index("ix_batches_tenant_created_id", "tenant", "created_at", "id"),
         Index("ix_batches_unfinished", "status", postgresql_where=text(_UNFINISHED_BATCH),
               sqlite_where=text(_UNFINISHED_BATCH)),
     )
@@ -255,6 +271,8 @@ class WebhookEndpoint(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     url: Mapped[str] = mapped_column(Text)
+    # The endpoint receives the events of this tenant's jobs and batches only.
+    tenant: Mapped[str] = tenant_column()
     # Comma-separated event types (job.finished, batch.finished): matched with LIKE on every backend.
     events: Mapped[str] = mapped_column(String(255))
     secret: Mapped[str] = mapped_column(String(128))
@@ -284,6 +302,8 @@ class WebhookDelivery(Base):
     endpoint_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The endpoint's id, or '' for the job's or batch's own webhook_url: one delivery per event and target.
     target: Mapped[str] = mapped_column(String(64))
+    # The tenant of the job or batch it reports: a tenant's delivery log shows only its own.
+    tenant: Mapped[str] = tenant_column()
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -298,6 +318,7 @@ class WebhookDelivery(Base):
 
     __table_args__ = (
         UniqueConstraint("event_type", "subject_id", "target", name="uq_webhook_deliveries_event_target"),
+        Index("ix_webhook_deliveries_tenant_id", "tenant", "id"),
         Index("ix_webhook_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'"),
               sqlite_where=text("status = 'pending'")),
     )

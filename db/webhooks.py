@@ -3,6 +3,8 @@
 A delivery is queued by `queue_job_events` / `queue_batch_event` inside the transaction that writes
 the result it reports, so a crash can lose neither without the other. Senders claim due deliveries
 with a lease (one conditional UPDATE; SKIP LOCKED on PostgreSQL), so two never send one at once.
+Endpoints and deliveries belong to a tenant: an endpoint gets only its tenant's jobs' and batches'
+events, and a `tenant` argument limits a read or write to that tenant's rows (None: every tenant's).
 Functions take a session, are keyword-only and never commit.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, String, Table, delete, func, insert, literal, null, or_, select, true, union_all, update
+from sqlalchemy import ColumnElement, String, Table, delete, func, insert, literal, null, or_, select, union_all, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -26,6 +28,7 @@ from db.models import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
+    of_tenant,
     utcnow,
 )
 
@@ -33,7 +36,8 @@ JOB_FINISHED = "job.finished"
 BATCH_FINISHED = "batch.finished"
 EVENT_TYPES = (JOB_FINISHED, BATCH_FINISHED)
 DELIVERIES = cast(Table, WebhookDelivery.__table__)
-_COLUMNS = ["event_type", "subject_id", "url", "endpoint_id", "target", "status", "attempts", "next_attempt_at", "created_at"]
+_COLUMNS = ["event_type", "subject_id", "url", "endpoint_id", "target", "tenant", "status", "attempts", "next_attempt_at",
+            "created_at"]
 
 
 def _subscribed(event_type: str) -> ColumnElement[bool]:
@@ -48,35 +52,40 @@ def _queue(session: Session, own: Any, endpoints: Any) -> None:
         index_elements=["event_type", "subject_id", "target"]))
 
 
-def _values(event_type: str, subject: Any, url: Any, endpoint_id: Any, target: Any, now: datetime) -> list[Any]:
+def _values(event_type: str, subject: Any, url: Any, endpoint_id: Any, target: Any, tenant: Any,
+            now: datetime) -> list[Any]:
     # A job's id as 32 hex digits on every backend (PostgreSQL's text form has dashes, SQLite's none).
     return [literal(event_type, String()), func.replace(sql_cast(subject, String()), "-", ""), url, endpoint_id, target,
-            literal(DeliveryStatus.PENDING.value, String()), literal(0), literal(now, WebhookDelivery.next_attempt_at.type),
-            literal(now, WebhookDelivery.created_at.type)]
+            tenant, literal(DeliveryStatus.PENDING.value, String()), literal(0),
+            literal(now, WebhookDelivery.next_attempt_at.type), literal(now, WebhookDelivery.created_at.type)]
 
 
 def queue_job_events(session: Session, *, job_ids: Sequence[uuid.UUID]) -> None:
     """Queue `job.finished` for the finished jobs among `job_ids`: to each one's own webhook_url, and
-    to every endpoint subscribed. Call it in the transaction that finishes them."""
+    to every endpoint of the job's tenant subscribed. Call it in the transaction that finishes them."""
     if not job_ids:
         return
     now = utcnow()
     finished = [Job.id.in_(list(job_ids)), Job.status.in_(list(FINISHED_STATUSES))]
-    own = select(*_values(JOB_FINISHED, Job.id, Job.webhook_url, null(), literal("", String()), now)).where(
+    own = select(*_values(JOB_FINISHED, Job.id, Job.webhook_url, null(), literal("", String()), Job.tenant, now)).where(
         *finished, Job.webhook_url.is_not(None))
-    endpoints = (select(*_values(JOB_FINISHED, Job.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id, now))
-                 .select_from(Job).join(WebhookEndpoint, true()).where(*finished, _subscribed(JOB_FINISHED)))
+    endpoints = (select(*_values(JOB_FINISHED, Job.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id,
+                                 Job.tenant, now))
+                 .select_from(Job).join(WebhookEndpoint, WebhookEndpoint.tenant == Job.tenant)
+                 .where(*finished, _subscribed(JOB_FINISHED)))
     _queue(session, own, endpoints)
 
 
 def queue_batch_event(session: Session, *, batch_id: str) -> None:
-    """Queue `batch.finished` for the batch (to its own webhook_url and the subscribed endpoints);
-    call it in the transaction that ends the batch."""
+    """Queue `batch.finished` for the batch (to its own webhook_url and its tenant's subscribed
+    endpoints); call it in the transaction that ends the batch."""
     now = utcnow()
-    own = select(*_values(BATCH_FINISHED, Batch.id, Batch.webhook_url, null(), literal("", String()), now)).where(
-        Batch.id == batch_id, Batch.webhook_url.is_not(None))
-    endpoints = (select(*_values(BATCH_FINISHED, Batch.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id, now))
-                 .select_from(Batch).join(WebhookEndpoint, true()).where(Batch.id == batch_id, _subscribed(BATCH_FINISHED)))
+    own = select(*_values(BATCH_FINISHED, Batch.id, Batch.webhook_url, null(), literal("", String()), Batch.tenant,
+                          now)).where(Batch.id == batch_id, Batch.webhook_url.is_not(None))
+    endpoints = (select(*_values(BATCH_FINISHED, Batch.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id,
+                                 Batch.tenant, now))
+                 .select_from(Batch).join(WebhookEndpoint, WebhookEndpoint.tenant == Batch.tenant)
+                 .where(Batch.id == batch_id, _subscribed(BATCH_FINISHED)))
     _queue(session, own, endpoints)
 
 
@@ -125,8 +134,9 @@ def record_attempt(session: Session, *, delivery: WebhookDelivery, owner: str, p
 
 
 def deliveries(session: Session, *, subject_id: str | None = None, status: DeliveryStatus | None = None,
-               limit: int = 50) -> list[WebhookDelivery]:
-    stmt = select(WebhookDelivery).order_by(WebhookDelivery.id.desc()).limit(limit)
+               limit: int = 50, tenant: str | None = None) -> list[WebhookDelivery]:
+    stmt = (select(WebhookDelivery).where(*of_tenant(WebhookDelivery.tenant, tenant))
+            .order_by(WebhookDelivery.id.desc()).limit(limit))
     if subject_id is not None:
         stmt = stmt.where(WebhookDelivery.subject_id == subject_id)
     if status is not None:
@@ -145,12 +155,14 @@ def add_endpoint(session: Session, *, endpoint: WebhookEndpoint) -> None:
     session.flush()
 
 
-def get_endpoint(session: Session, *, endpoint_id: str) -> WebhookEndpoint | None:
-    return session.get(WebhookEndpoint, endpoint_id, populate_existing=True)
+def get_endpoint(session: Session, *, endpoint_id: str, tenant: str | None = None) -> WebhookEndpoint | None:
+    stmt = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id, *of_tenant(WebhookEndpoint.tenant, tenant))
+    return session.scalars(stmt.execution_options(populate_existing=True)).first()
 
 
-def list_endpoints(session: Session) -> list[WebhookEndpoint]:
-    return list(session.scalars(select(WebhookEndpoint).order_by(WebhookEndpoint.created_at)).all())
+def list_endpoints(session: Session, *, tenant: str | None = None) -> list[WebhookEndpoint]:
+    stmt = select(WebhookEndpoint).where(*of_tenant(WebhookEndpoint.tenant, tenant)).order_by(WebhookEndpoint.created_at)
+    return list(session.scalars(stmt).all())
 
 
 def endpoints_by_id(session: Session, *, ids: Sequence[str]) -> dict[str, WebhookEndpoint]:
@@ -158,18 +170,20 @@ def endpoints_by_id(session: Session, *, ids: Sequence[str]) -> dict[str, Webhoo
     return {e.id: e for e in found}
 
 
-def rotate_secret(session: Session, *, endpoint_id: str, secret: str, previous_until: datetime) -> bool:
+def rotate_secret(session: Session, *, endpoint_id: str, secret: str, previous_until: datetime,
+                  tenant: str | None = None) -> bool:
     """The new secret signs from now on; the current one keeps signing too until `previous_until`."""
     result = session.execute(
-        update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+        update(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id, *of_tenant(WebhookEndpoint.tenant, tenant))
         .values(previous_secret=WebhookEndpoint.secret, previous_until=previous_until, secret=secret),
         execution_options={"synchronize_session": False},
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-def delete_endpoint(session: Session, *, endpoint_id: str) -> bool:
-    result = session.execute(delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id))
+def delete_endpoint(session: Session, *, endpoint_id: str, tenant: str | None = None) -> bool:
+    result = session.execute(
+        delete(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id, *of_tenant(WebhookEndpoint.tenant, tenant)))
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 

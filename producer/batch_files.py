@@ -4,6 +4,8 @@ Files live in the database, not a directory: every gateway replica and every Cli
 it, a file and the batch that refers to it commit together, and no shared volume is needed. A file
 is cut into chunks of about CHUNK_BYTES of whole lines, so files go in and out a chunk at a time
 (the gateway's memory stays bounded) and a loader can restart at the chunk holding a given line.
+A file belongs to a tenant: with `visible_tenant`, another tenant's file is as if it did not exist
+(None: every tenant's).
 """
 
 from __future__ import annotations
@@ -47,11 +49,11 @@ class FileView(BaseModel):
 class ChunkWriter:
     """Writes a new file's bytes as chunks of whole lines in the caller's transaction."""
 
-    def __init__(self, session: Session, *, filename: str, purpose: str, max_bytes: int | None = None,
+    def __init__(self, session: Session, *, filename: str, purpose: str, tenant: str, max_bytes: int | None = None,
                  max_lines: int | None = None) -> None:
         self.session = session
         self.file = StoredFile(id=f"file-{uuid.uuid4().hex}", purpose=purpose, filename=filename[:255], bytes=0, lines=0,
-                               created_at=utcnow())
+                               tenant=tenant, created_at=utcnow())
         self.max_bytes = max_bytes
         self.max_lines = max_lines
         self._buffer = bytearray()
@@ -101,13 +103,14 @@ class ChunkWriter:
             raise FileTooLargeError(f"file has more than {self.max_lines:,} lines (TEXTQ_BATCH_MAX_LINES)", param="file")
 
 
-def store_upload(sessions: sessionmaker[Session], blocks: Iterable[bytes], *, filename: str, purpose: str,
+def store_upload(sessions: sessionmaker[Session], blocks: Iterable[bytes], *, filename: str, purpose: str, tenant: str,
                  max_bytes: int, max_lines: int) -> FileView:
-    """Store an uploaded file (read block by block) in one transaction: all of it or, on an error, nothing."""
+    """Store `tenant`'s uploaded file (read block by block) in one transaction: all of it or, on an error, nothing."""
     if purpose not in UPLOAD_PURPOSES:
         raise BatchInputError(f"purpose must be one of {', '.join(UPLOAD_PURPOSES)}, not {purpose!r}", param="purpose")
     with sessions.begin() as session:
-        writer = ChunkWriter(session, filename=filename, purpose=purpose, max_bytes=max_bytes, max_lines=max_lines)
+        writer = ChunkWriter(session, filename=filename, purpose=purpose, tenant=tenant, max_bytes=max_bytes,
+                             max_lines=max_lines)
         blank = True
         for block in blocks:
             blank = blank and not block.strip()
@@ -117,24 +120,29 @@ def store_upload(sessions: sessionmaker[Session], blocks: Iterable[bytes], *, fi
         return FileView.of(writer.close())
 
 
-def get_file(sessions: sessionmaker[Session], file_id: str) -> FileView:
+def get_file(sessions: sessionmaker[Session], file_id: str, *, visible_tenant: str | None) -> FileView:
     with sessions() as session:
-        found = store.get_file(session, file_id=file_id)
+        found = store.get_file(session, file_id=file_id, tenant=visible_tenant)
         if found is None:
-            raise BatchNotFoundError(f"no file with id {file_id!r}", param="file_id")
+            raise file_not_found(file_id)
         return FileView.of(found)
 
 
-def delete_file(sessions: sessionmaker[Session], file_id: str) -> None:
+def delete_file(sessions: sessionmaker[Session], file_id: str, *, visible_tenant: str | None) -> None:
     with sessions.begin() as session:
-        if not store.delete_file(session, file_id=file_id):
-            raise BatchNotFoundError(f"no file with id {file_id!r}", param="file_id")
+        if not store.delete_file(session, file_id=file_id, tenant=visible_tenant):
+            raise file_not_found(file_id)
 
 
-def file_content(sessions: sessionmaker[Session], file_id: str) -> Iterator[bytes]:
+def file_content(sessions: sessionmaker[Session], file_id: str, *, visible_tenant: str | None) -> Iterator[bytes]:
     """The file's bytes, a chunk at a time (each read in a short session of its own)."""
-    get_file(sessions, file_id)  # a missing file raises now, before a response starts
+    get_file(sessions, file_id, visible_tenant=visible_tenant)  # a missing file raises now, before a response starts
     return _chunks(sessions, file_id, 0)
+
+
+def file_not_found(file_id: str, param: str = "file_id") -> BatchNotFoundError:
+    """The error for an unknown file and for another tenant's alike: the answer tells nothing about it."""
+    return BatchNotFoundError(f"no file with id {file_id!r}", param=param)
 
 
 def _chunks(sessions: sessionmaker[Session], file_id: str, seq: int) -> Iterator[bytes]:
@@ -165,4 +173,5 @@ def file_lines(sessions: sessionmaker[Session], file_id: str, *, start_line: int
             number += 1
 
 
-__all__ = ["CHUNK_BYTES", "ChunkWriter", "FileView", "delete_file", "file_content", "file_lines", "get_file", "store_upload"]
+__all__ = ["CHUNK_BYTES", "ChunkWriter", "FileView", "delete_file", "file_content", "file_lines", "file_not_found", "get_file",
+           "store_upload"]

@@ -51,8 +51,9 @@ def finalize_batch(sessions: sessionmaker[Session], batch_id: str, owner: str, *
 def _write_results(session: Session, batch_id: str, owner: str) -> None:
     batch = store.get_batch(session, batch_id=batch_id)
     assert batch is not None  # start_finalizing found it
-    output = ChunkWriter(session, filename=f"{batch_id}_output.jsonl", purpose=OUTPUT_PURPOSE)
-    errors = ChunkWriter(session, filename=f"{batch_id}_error.jsonl", purpose=OUTPUT_PURPOSE)
+    # The batch's tenant owns its results: they hold its jobs' outputs.
+    output = ChunkWriter(session, filename=f"{batch_id}_output.jsonl", purpose=OUTPUT_PURPOSE, tenant=batch.tenant)
+    errors = ChunkWriter(session, filename=f"{batch_id}_error.jsonl", purpose=OUTPUT_PURPOSE, tenant=batch.tenant)
     counts: Counter[str] = Counter()
     after = 0
     while page := store.batch_jobs_page(session, batch_id=batch_id, after_line=after, limit=JOBS_PER_PAGE):

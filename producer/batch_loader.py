@@ -206,7 +206,7 @@ def _enqueue(context: LoaderContext, batch: Batch, owner: str, lines: list[Valid
 
 def _job_row(batch: Batch, line: ValidLine | BadLine, status: JobStatus, now: datetime) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "id": job_id_of(batch.id, line.number), "batch_id": batch.id, "batch_line": line.number,
+        "id": job_id_of(batch.id, line.number), "batch_id": batch.id, "batch_line": line.number, "tenant": batch.tenant,
         "custom_id": line.custom_id, "priority": batch.priority, "expires_at": batch.expires_at, "created_at": now,
         "attempts": 0, "published_at": now, "publish_count": 1, "idempotency_key": None, "worker": None,
         "started_at": None, "lease_until": None, "retry_at": None, "output": None,

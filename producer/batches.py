@@ -5,10 +5,15 @@ the OpenAI Batch API. `Batches(client)` is the one way in; the gateway's routes,
 Life of a batch: `validating` (the loader checks every line) -> `in_progress` (its lines are jobs at
 the batch's priority) -> `finalizing` (every job finished; the files are written) -> `completed`,
 `expired` (its completion window ended first) or `cancelled`; `failed` if the file had bad lines.
+
+Files and batches belong to the tenant of the Client that made them (a batch's jobs and result
+files too), and a Client sees only those of its `visible_tenant`, as with jobs: another tenant's
+file or batch is not found, with the same error as an unknown id.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -27,7 +32,7 @@ from db import batches as store
 from db.engine import session_factory
 from db.models import FINAL_BATCH_STATUSES, Batch, BatchStatus, JobStatus, utcnow
 from producer.batch_errors import BatchInputError, BatchNotFoundError, BatchStateError
-from producer.batch_files import CHUNK_BYTES, FileView, delete_file, file_content, get_file, store_upload
+from producer.batch_files import CHUNK_BYTES, FileView, delete_file, file_content, file_not_found, get_file, store_upload
 from producer.batch_finalizer import finalize_batch
 from producer.batch_lines import BATCH_ENDPOINT
 from producer.batch_loader import LoaderContext, load_batch
@@ -160,7 +165,7 @@ def _unix(moment: datetime | None) -> int | None:
 
 
 class Batches:
-    """Files and batches over a Client's database and broker."""
+    """Files and batches over a Client's database and broker, as the Client's tenant."""
 
     def __init__(self, client: Client, settings: BatchSettings | None = None) -> None:
         self.client = client
@@ -170,20 +175,30 @@ class Batches:
         self.context = LoaderContext(sessions=self.sessions, registry=client.registry, limits=client.settings.limits,
                                      publisher=client.publisher, lease=timedelta(seconds=self.settings.lease_s))
 
+    def for_client(self, client: Client) -> Batches:
+        """These Batches (sharing settings and sessions) as `client`'s tenant, seeing what it sees."""
+        scoped = copy.copy(self)
+        scoped.client = client
+        return scoped
+
+    @property
+    def _visible(self) -> str | None:
+        return self.client.visible_tenant
+
     # -- files ----------------------------------------------------------------------------------
     def upload(self, blocks: Iterable[bytes], *, filename: str, purpose: str = "batch") -> FileView:
         """Store a JSONL file read block by block; refused whole if empty or over the limits."""
-        return store_upload(self.sessions, blocks, filename=filename, purpose=purpose,
+        return store_upload(self.sessions, blocks, filename=filename, purpose=purpose, tenant=self.client.tenant,
                             max_bytes=self.settings.max_file_bytes, max_lines=self.settings.max_lines)
 
     def file(self, file_id: str) -> FileView:
-        return get_file(self.sessions, file_id)
+        return get_file(self.sessions, file_id, visible_tenant=self._visible)
 
     def file_content(self, file_id: str) -> Iterator[bytes]:
-        return file_content(self.sessions, file_id)
+        return file_content(self.sessions, file_id, visible_tenant=self._visible)
 
     def delete_file(self, file_id: str) -> None:
-        delete_file(self.sessions, file_id)
+        delete_file(self.sessions, file_id, visible_tenant=self._visible)
 
     # -- batches --------------------------------------------------------------------------------
     def create(self, request: BatchRequest | Mapping[str, Any]) -> BatchView:
@@ -197,15 +212,15 @@ class Batches:
                 raise BatchInputError(str(exc.errors[0]), param="webhook_url") from None
         now = utcnow()
         with self.sessions.begin() as session:
-            source = store.get_file(session, file_id=request.input_file_id)
+            source = store.get_file(session, file_id=request.input_file_id, tenant=self._visible)
             if source is None:
-                raise BatchNotFoundError(f"no file with id {request.input_file_id!r}", param="input_file_id")
+                raise file_not_found(request.input_file_id, param="input_file_id")
             if source.purpose != "batch":
                 raise BatchInputError(f"file {source.id} has purpose {source.purpose!r}; upload the input with purpose 'batch'",
                                       param="input_file_id")
             batch = Batch(
                 id=f"batch_{uuid.uuid4().hex}", endpoint=request.endpoint, input_file_id=request.input_file_id,
-                completion_window=request.completion_window, status=BatchStatus.VALIDATING.value,
+                tenant=self.client.tenant, completion_window=request.completion_window, status=BatchStatus.VALIDATING.value,
                 priority=self.settings.default_priority if request.priority is None else request.priority,
                 skip_invalid_lines=request.skip_invalid_lines, webhook_url=request.webhook_url, meta=request.metadata,
                 created_at=now,
@@ -221,16 +236,17 @@ class Batches:
         with self.sessions.begin() as session:
             taken = store.take_lease(session, batch_id=batch_id, owner=owner, until=utcnow() + self.context.lease,
                                      loaded=False, statuses=[BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS,
-                                                             BatchStatus.CANCELLING])
+                                                             BatchStatus.CANCELLING], tenant=self._visible)
         if taken:
             load_batch(self.context, batch_id, owner)
         return taken
 
     def advance(self, batch_id: str, *, resume_loading: bool = True) -> None:
         """Move the batch on: resume a loader that died, expire its jobs once its window ended,
-        finalize it once every job finished. Any process may call this, any number of times."""
+        finalize it once every job finished. Any process may call this, any number of times (another
+        tenant's batch is left as it is)."""
         with self.sessions() as session:
-            batch = store.get_batch(session, batch_id=batch_id)
+            batch = store.get_batch(session, batch_id=batch_id, tenant=self._visible)
         if batch is None or batch.status in FINAL_BATCH_STATUSES:
             return
         if not batch.loaded:
@@ -247,7 +263,7 @@ class Batches:
         if advance:
             self.advance(batch_id, resume_loading=False)
         with self.sessions() as session:
-            batch = store.get_batch(session, batch_id=batch_id)
+            batch = store.get_batch(session, batch_id=batch_id, tenant=self._visible)
             if batch is None:
                 raise BatchNotFoundError(f"no batch with id {batch_id!r}", param="batch_id")
             final = batch.status in FINAL_BATCH_STATUSES
@@ -255,7 +271,7 @@ class Batches:
 
     def list_batches(self, *, limit: int = 20, after: str | None = None) -> BatchPage:
         with self.sessions() as session:
-            rows = store.list_batches(session, limit=limit + 1, after=after)
+            rows = store.list_batches(session, limit=limit + 1, after=after, tenant=self._visible)
             views = [BatchView.of(b, None if b.status in FINAL_BATCH_STATUSES else store.batch_job_counts(session, batch_id=b.id))
                      for b in rows[:limit]]
         return BatchPage(data=views, first_id=views[0].id if views else None, last_id=views[-1].id if views else None,
@@ -264,7 +280,7 @@ class Batches:
     def cancel(self, batch_id: str) -> BatchView:
         """Cancel the batch's unfinished jobs; it ends `cancelled`, with the results it has."""
         with self.sessions.begin() as session:
-            cancelled = store.request_cancel(session, batch_id=batch_id)
+            cancelled = store.request_cancel(session, batch_id=batch_id, tenant=self._visible)
         if not cancelled:
             view = self.get(batch_id, advance=False)  # raises for an unknown batch
             if view.status != BatchStatus.CANCELLING:

@@ -436,12 +436,19 @@ class Client:
 
     # -- batches ----------------------------------------------------------------------------
     @cached_property
-    def batches(self) -> Batches:
-        """Files and batches (producer/batches.py): get, list_batches, cancel, wait, results."""
+    def _batches(self) -> Batches:
         return Batches(self)
 
+    @property
+    def batches(self) -> Batches:
+        """Files and batches (producer/batches.py): get, list_batches, cancel, wait, results; as this
+        Client's tenant, seeing only the files and batches it sees its jobs of."""
+        shared = self._batches  # a Client from for_tenant copies its parent's: rebound to it here
+        return shared if shared.client is self else shared.for_client(self)
+
     def submit_batch(self, source: BatchSource, **options: Any) -> BatchView:
-        """Upload a JSONL batch (a file's path, or the lines as dicts), create the batch and enqueue its jobs."""
+        """Upload a JSONL batch (a file's path, or the lines as dicts), create the batch and enqueue its
+        jobs, as this Client's tenant."""
         return self.batches.submit(source, **options)
 
     def feedback(self, job_id: uuid.UUID | str, *, label: str) -> FeedbackView:

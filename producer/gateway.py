@@ -169,9 +169,9 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
         _serve_docs_to_admins(app)
     app.include_router(_health_routes(the_client))
     app.include_router(_job_routes(waiter), dependencies=[Depends(_caller)])
-    # Batches and webhook endpoints are gateway-wide: any valid key (not yet scoped by tenant).
-    include_batch_routes(app, the_client, dependencies=[Depends(_caller)])
-    include_webhook_routes(app, the_client, dependencies=[Depends(_caller)])
+    # Files, batches and webhook endpoints are per tenant, as jobs: each route gets the caller's scoped Client.
+    include_batch_routes(app, the_client, client_for=_Allowed)
+    include_webhook_routes(app, the_client, client_for=_Allowed)
     include_console(app)  # /console: same keys, a session cookie (producer/console/)
     _document_job_request(app)
     return app

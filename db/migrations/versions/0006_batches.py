@@ -1,5 +1,7 @@
 """Batches in the OpenAI Batch API's shape: stored files in chunks, batches, and jobs that know their batch.
 
+Files and batches belong to a tenant, as jobs do (0005): a tenant sees only its own.
+
 Revision ID: 0006
 Revises: 0005
 """
@@ -7,7 +9,7 @@ Revises: 0005
 import sqlalchemy as sa
 from alembic import op
 
-from db.models import JSONType, UTCDateTime
+from db.models import DEFAULT_TENANT, TENANT_MAX_CHARS, JSONType, UTCDateTime
 
 revision = "0006"
 down_revision = "0005"
@@ -18,6 +20,10 @@ IN_A_BATCH = sa.text("batch_id IS NOT NULL")
 UNFINISHED_BATCH = sa.text("status IN ('validating', 'in_progress', 'finalizing', 'cancelling')")
 
 
+def _tenant() -> sa.Column[str]:
+    return sa.Column("tenant", sa.String(TENANT_MAX_CHARS), nullable=False, server_default=DEFAULT_TENANT)
+
+
 def upgrade() -> None:
     op.create_table(
         "files",
@@ -26,6 +32,7 @@ def upgrade() -> None:
         sa.Column("filename", sa.String(255), nullable=False),
         sa.Column("bytes", sa.BigInteger(), nullable=False),
         sa.Column("lines", sa.Integer(), nullable=False),
+        _tenant(),
         sa.Column("created_at", UTCDateTime(), nullable=False),
     )
     op.create_table(
@@ -40,6 +47,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("endpoint", sa.String(64), nullable=False),
         sa.Column("input_file_id", sa.String(64), nullable=False),
+        _tenant(),
         sa.Column("completion_window", sa.String(16), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
@@ -62,6 +70,7 @@ def upgrade() -> None:
           for state in ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")),
     )
     op.create_index("ix_batches_created_at", "batches", ["created_at"])
+    op.create_index("ix_batches_tenant_created_id", "batches", ["tenant", "created_at", "id"])
     op.create_index("ix_batches_unfinished", "batches", ["status"],
                     postgresql_where=UNFINISHED_BATCH, sqlite_where=UNFINISHED_BATCH)
     with op.batch_alter_table("jobs") as batch:

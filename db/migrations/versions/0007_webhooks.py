@@ -1,5 +1,7 @@
 """Webhooks: jobs' own URLs, registered endpoints, deliveries (written with the result they report) and attempts.
 
+Endpoints and deliveries belong to a tenant: an endpoint receives its tenant's events only.
+
 Revision ID: 0007
 Revises: 0006
 """
@@ -7,7 +9,7 @@ Revises: 0006
 import sqlalchemy as sa
 from alembic import op
 
-from db.models import UTCDateTime
+from db.models import DEFAULT_TENANT, TENANT_MAX_CHARS, UTCDateTime
 
 revision = "0007"
 down_revision = "0006"
@@ -17,6 +19,10 @@ depends_on = None
 PENDING = sa.text("status = 'pending'")
 
 
+def _tenant() -> sa.Column[str]:
+    return sa.Column("tenant", sa.String(TENANT_MAX_CHARS), nullable=False, server_default=DEFAULT_TENANT)
+
+
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("webhook_url", sa.Text(), nullable=True))
@@ -24,6 +30,7 @@ def upgrade() -> None:
         "webhook_endpoints",
         sa.Column("id", sa.String(64), primary_key=True),
         sa.Column("url", sa.Text(), nullable=False),
+        _tenant(),
         sa.Column("events", sa.String(255), nullable=False),
         sa.Column("secret", sa.String(128), nullable=False),
         sa.Column("previous_secret", sa.String(128), nullable=True),
@@ -38,6 +45,7 @@ def upgrade() -> None:
         sa.Column("url", sa.Text(), nullable=False),
         sa.Column("endpoint_id", sa.String(64), nullable=True),
         sa.Column("target", sa.String(64), nullable=False),
+        _tenant(),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
@@ -52,6 +60,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["next_attempt_at"],
                     postgresql_where=PENDING, sqlite_where=PENDING)
+    op.create_index("ix_webhook_deliveries_tenant_id", "webhook_deliveries", ["tenant", "id"])
     op.create_table(
         "webhook_attempts",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
