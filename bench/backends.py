@@ -17,6 +17,7 @@ from typing import Any
 from bench.corpus import mixed_length_texts
 from bench.measure import Row, combine
 from bench.report import write_json
+from worker.runners.chunking import token_bounded
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -82,18 +83,11 @@ class Vanilla:
 
 
 def textq_groups(lengths: Sequence[int], claim_size: int, token_budget: int) -> list[list[int]]:
-    """Index groups as the batcher forms them: claims in arrival order, each length-sorted and cut
-    where count x longest would pass the token budget (worker/batcher.py)."""
+    """Index groups as the batcher forms them: claims in arrival order, each cut by worker's token_bounded."""
     groups: list[list[int]] = []
     for start in range(0, len(lengths), claim_size):
-        claim = sorted(range(start, min(start + claim_size, len(lengths))), key=lambda i: lengths[i])
-        group: list[int] = []
-        for i in claim:
-            if group and lengths[i] * (len(group) + 1) > token_budget:
-                groups.append(group)
-                group = []
-            group.append(i)
-        groups.append(group)
+        claim = lengths[start : start + claim_size]
+        groups += [[start + i for i in group] for group in token_bounded(claim, max_tokens=token_budget, max_items=len(claim))]
     return groups
 
 

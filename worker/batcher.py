@@ -32,6 +32,7 @@ from producer.errors import InvalidJobError
 from producer.limits import DEFAULT_LIMITS, Limits
 from worker.retry import Retry, RetryPolicy
 from worker.runners.base import Runner
+from worker.runners.chunking import token_bounded
 
 log = logging.getLogger(__name__)
 
@@ -268,17 +269,9 @@ class Batcher:
         return list(groups.values())
 
     def _token_bounded(self, items: list[_Item]) -> list[list[_Item]]:
-        """Split length-sorted items so that padded size (count x longest) stays in budget."""
-        groups: list[list[_Item]] = []
-        current: list[_Item] = []
-        for item in items:
-            if current and item.tokens * (len(current) + 1) > self.spec.max_batch_tokens:
-                groups.append(current)
-                current = []
-            current.append(item)
-        if current:
-            groups.append(current)
-        return groups
+        """Split items, shortest first, so that padded size (count x longest) stays in budget."""
+        groups = token_bounded([item.tokens for item in items], max_tokens=self.spec.max_batch_tokens, max_items=len(items))
+        return [[items[i] for i in group] for group in groups]
 
     def _predict_isolating(self, items: list[_Item], runner: Runner) -> list[Outcome]:
         """Run a group, splitting it in halves on an error so that a bad input fails alone."""
