@@ -47,10 +47,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HF_HUB_OFFLINE=1 \
     HF_HOME=/home/textq/.cache/huggingface \
+    TEXTQ_MODEL_STORE=/models \
     TOKENIZERS_PARALLELISM=false
 
 RUN groupadd --system --gid 10001 textq \
-    && useradd --system --uid 10001 --gid textq --create-home --home-dir /home/textq --shell /usr/sbin/nologin textq
+    && useradd --system --uid 10001 --gid textq --create-home --home-dir /home/textq --shell /usr/sbin/nologin textq \
+    && install -d -o textq -g textq /models
 COPY --from=build /opt/venv /opt/venv
 
 # Numeric uid so orchestrators that require runAsNonRoot can verify it.

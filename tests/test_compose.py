@@ -126,6 +126,13 @@ def test_postgres_data_lives_in_a_named_volume(config: Any) -> None:
     assert data[0]["source"] in config["volumes"]
 
 
+def test_workers_share_the_model_store_in_a_named_volume(config: Any) -> None:
+    worker = config["services"]["worker"]
+    store = worker["environment"]["TEXTQ_MODEL_STORE"]
+    [mount] = [m for m in worker["volumes"] if m["target"] == store]
+    assert mount["type"] == "volume" and mount["source"] in config["volumes"]
+
+
 def test_migrate_is_a_one_shot_db_upgrade_after_postgres_is_healthy(services: dict[str, Any]) -> None:
     migrate = services["migrate"]
     assert argv(migrate) == ["textq", "db", "upgrade"]
