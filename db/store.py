@@ -87,6 +87,8 @@ class ClaimedJob:
     input_error: str | None = None
     # The version the request pinned, if any.
     model_version: str | None = None
+    # Where the job's own `job.finished` event goes, if anywhere.
+    webhook_url: str | None = None
 
 
 class OutcomeKind(StrEnum):
@@ -112,6 +114,8 @@ class Outcome:
     retry_at: datetime | None = None
     # SUCCEEDED: the weights that computed the output (None keeps what the row holds).
     model_version: str | None = None
+    # The job has a webhook_url of its own: writing a finished outcome queues its event.
+    webhook: bool = False
 
     @property
     def finished(self) -> bool:
@@ -124,24 +128,28 @@ class Outcome:
 
     @classmethod
     def succeeded(cls, claim: ClaimedJob, output: Any, *, model_version: str | None = None) -> Outcome:
-        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.SUCCEEDED, output=output,
+        return cls(id=claim.id, attempt=claim.attempts, webhook=claim.webhook_url is not None,
+                   kind=OutcomeKind.SUCCEEDED, output=output,
                    model_version=model_version)
 
     @classmethod
     def failed(cls, claim: ClaimedJob, *, error_type: str, error_message: str) -> Outcome:
-        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.FAILED,
+        return cls(id=claim.id, attempt=claim.attempts, webhook=claim.webhook_url is not None,
+                   kind=OutcomeKind.FAILED,
                    error_type=error_type, error_message=error_message)
 
     @classmethod
     def expired(cls, claim: ClaimedJob) -> Outcome:
         """A claimed job whose deadline passed before it could run (it is not computed)."""
-        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.EXPIRED,
+        return cls(id=claim.id, attempt=claim.attempts, webhook=claim.webhook_url is not None,
+                   kind=OutcomeKind.EXPIRED,
                    error_type=EXPIRED_ERROR, error_message=EXPIRED_MESSAGE)
 
     @classmethod
     def released(cls, claim: ClaimedJob, *, retry_at: datetime | None = None) -> Outcome:
         """Back to queued for another try, not before `retry_at`."""
-        return cls(id=claim.id, attempt=claim.attempts, kind=OutcomeKind.RELEASED, retry_at=retry_at)
+        return cls(id=claim.id, attempt=claim.attempts, webhook=claim.webhook_url is not None,
+                   kind=OutcomeKind.RELEASED, retry_at=retry_at)
 
 
 def create_jobs(session: Session | Connection, *, jobs: Sequence[NewJob]) -> list[uuid.UUID]:
@@ -270,14 +278,15 @@ def claim_jobs(
         "claim_lease_until": now + lease, "max_attempts": max_attempts,
         "exhausted_message": f"exceeded max attempts ({max_attempts}): every try ended without a result",
     })
-    return [_claimed(*row[:7], model_version=row[8]) for row in result.tuples() if row[7] == JobStatus.RUNNING]
+    return [_claimed(*row[:7], model_version=row[8], webhook_url=row[9]) for row in result.tuples()
+            if row[7] == JobStatus.RUNNING]
 
 
 def _claimed(job_id: uuid.UUID, model: str, task: str, stored: Any, attempts: int, created_at: datetime,
-             expires_at: datetime | None, *, model_version: str | None) -> ClaimedJob:
+             expires_at: datetime | None, *, model_version: str | None, webhook_url: str | None) -> ClaimedJob:
     job_input, error = _decode_input(stored)
     return ClaimedJob(job_id, model, task, job_input, attempts, created_at, expires_at, input_error=error,
-                      model_version=model_version)
+                      model_version=model_version, webhook_url=webhook_url)
 
 
 def _decode_input(stored: Any) -> tuple[Any, str | None]:
@@ -336,7 +345,7 @@ def _claim_statement(*, postgres: bool, first_attempt_only: bool) -> Update:
         # SQLite: the input's bytes, not JSON decoded by SQLAlchemy, which raises for the whole result
         # on one row of bad JSON. PostgreSQL's jsonb is always valid JSON (decoded by the driver).
         .returning(c.id, c.model, c.task, c.input if postgres else c.input.cast(LargeBinary()),
-                   c.attempts, c.created_at, c.expires_at, c.status, c.model_version)
+                   c.attempts, c.created_at, c.expires_at, c.status, c.model_version, c.webhook_url)
     )
 
 

@@ -113,6 +113,7 @@ class Batcher:
         # Claimed and not yet written: the heartbeat renews exactly these leases, so a job whose
         # result could not be written is not kept alive by a worker that has let go of it.
         self._leased: set[uuid.UUID] = set()
+        self._endpoints = webhooks.EndpointPresence()  # writer thread only
         self._last_batch_size = 0
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
@@ -334,7 +335,9 @@ class Batcher:
             with self.sessions.begin() as session:
                 store.finish_jobs(session, outcomes=finished)
                 store.release_jobs(session, outcomes=released)
-                webhooks.queue_job_events(session, job_ids=[o.id for o in finished])  # with the result: never lost
+                # In the result's transaction: never lost. Skipped (no statement) when nothing would be queued.
+                everyone = self._endpoints.any(session)
+                webhooks.queue_job_events(session, job_ids=[o.id for o in finished if everyone or o.webhook])
 
         self.policy.with_retries(write, what=f"write {self.spec.name} results")
         if self.on_batch is not None:
