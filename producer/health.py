@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import redact_url
-from db.models import Job
+from db import redact_url, store
 from producer.broker import Publisher
 
 
@@ -21,7 +19,7 @@ def database_problem(sessions: sessionmaker[Session], url: str) -> str | None:
     """Why the jobs table at `url` cannot be read (unreachable, refused, not migrated), or None."""
     try:
         with sessions() as session:
-            session.execute(select(Job.id).limit(1))  # the table, not SELECT 1: an unmigrated one cannot serve
+            store.jobs_table_answers(session)  # the table, not SELECT 1: an unmigrated one cannot serve
     except Exception as exc:
         return f"database at {redact_url(url)} is unreachable or not ready: {_first_line(exc)}"
     return None
