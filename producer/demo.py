@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Sequence
 
 import click
 
-from db import upgrade
-from db.settings import DatabaseSettings
-from producer.client import Client
 from producer.contract import JobView
-from producer.embedded_redis import reachable_broker
-from producer.settings import ProducerSettings
-from producer.worker_process import WorkerProcess
+from producer.local_stack import local_stack, stop_on_signals
 
 ARTICLE = (
     "The city council met on Tuesday to discuss the new riverside park. Residents have asked for more "
@@ -62,19 +56,19 @@ def render_table(views: Sequence[JobView], texts: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(timeout: float = 300.0) -> None:
-    database_url = DatabaseSettings().database_url
-    with reachable_broker(ProducerSettings().broker_url) as (broker_url, embedded):
-        click.echo(f"broker:   {'embedded valkey at ' if embedded else ''}{broker_url}")
-        click.echo(f"database: {database_url}")
-        upgrade(database_url)
-        env = {"TEXTQ_BROKER_URL": broker_url, "TEXTQ_DATABASE_URL": database_url}
-        os.environ.update(env)
-        click.echo("starting a worker (loads the models once)...")
-        with WorkerProcess(env=env), Client(database_url=database_url, broker_url=broker_url) as client:
-            jobs = client.submit_many(SAMPLES)
-            views = client.wait_many([j.id for j in jobs], timeout=timeout)
+def run_demo(timeout: float = 300.0, *, keep: bool = False, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the sample jobs and print their table; with `keep`, then serve the console until a stop signal."""
+    with stop_on_signals(), local_stack() as stack:
+        jobs = stack.client.submit_many(SAMPLES)
+        views = stack.client.wait_many([j.id for j in jobs], timeout=timeout)
         click.echo(render_table(views, [str(s["text"]) for s in SAMPLES]))
         failed = [v for v in views if v.status != "succeeded"]
         if failed:
             raise click.ClickException(f"{len(failed)} demo jobs did not succeed")
+        if not keep:
+            click.echo(f"\nconsole:  stopped with the demo; `textq demo --keep` (make demo DEMO_ARGS=--keep) keeps all "
+                       f"this running and serves it at http://{host}:{port}/console/ until Ctrl-C")
+            return
+        from producer.console.serve import serve_console  # the api extra, only when serving
+
+        serve_console(stack.client, host=host, port=port)

@@ -24,7 +24,8 @@ def textq(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["worker"], ["submit"], ["get"], ["wait"], ["cancel"], ["models"], ["db"], ["db", "upgrade"], ["demo"]]
+    "command",
+    [[], ["worker"], ["submit"], ["get"], ["wait"], ["cancel"], ["models"], ["db"], ["db", "upgrade"], ["demo"], ["console"]],
 )
 def test_every_command_explains_itself(command: list[str]) -> None:
     result = textq(*command, "--help")
