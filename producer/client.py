@@ -370,10 +370,13 @@ class Client:
         return retries.retry_selected(self, [_as_uuid(i) for i in ids])
 
     def retry_matching(self, *, status: str = "failed", model: str | None = None, error_type: str | None = None,
-                       since: datetime | None = None, dry_run: bool = False) -> retries.RetryCount:
-        """Retry every failed job matching the filter, in batches; with `dry_run`, only count them."""
+                       since: datetime | None = None, dry_run: bool = False,
+                       batch_size: int | None = None) -> retries.RetryCount:
+        """Retry every failed job matching the filter, `batch_size` per transaction (default: the
+        TEXTQ_RETRY_BATCH_SIZE setting); with `dry_run`, only count them."""
         return retries.retry_matching(self, status=status, model=model, error_type=error_type,
-                                      since=_in_utc(since, "since") if since is not None else None, dry_run=dry_run)
+                                      since=_in_utc(since, "since") if since is not None else None, dry_run=dry_run,
+                                      batch_size=batch_size)
 
     # -- operations -------------------------------------------------------------------------
     def ping(self, timeout: float = PING_TIMEOUT_S) -> Readiness:

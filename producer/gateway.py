@@ -524,7 +524,7 @@ def _job_routes(waiter: FinishWaiter) -> APIRouter:
         """
         count = await blocking(partial(client.retry_matching, status=body.status, model=body.model,
                                        error_type=body.error_type, since=body.since, dry_run=body.dry_run))
-        return RetryCountBody(matched=count.matched, retried=count.retried, dry_run=count.dry_run)
+        return RetryCountBody(matched=count.matched, retried=count.retried, dry_run=count.dry_run, batches=count.batches)
 
     @router.post("/{job_id}/retry", response_model=JobView,
                  responses={404: {"description": "no such job"}, 409: {"model": ErrorBody, "description": "not failed"}})
@@ -551,6 +551,7 @@ class RetryCountBody(BaseModel):
     matched: int
     retried: int
     dry_run: bool
+    batches: int = Field(description="transactions the retry took (TEXTQ_RETRY_BATCH_SIZE jobs each); 0 on a dry run")
 
 
 def _jobs_of(payload: Any) -> tuple[list[dict[str, Any]], bool]:

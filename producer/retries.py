@@ -23,16 +23,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RETRY_BATCH = 1000
-
 
 @dataclass(frozen=True)
 class RetryCount:
-    """How many jobs a bulk retry matched, and how many it put back (0 on a dry run)."""
+    """How many jobs a bulk retry matched, how many it put back (0 on a dry run), in how many transactions."""
 
     matched: int
     retried: int
     dry_run: bool
+    batches: int = 0
+
+    def describe(self) -> str:
+        """What an operator reads (the CLI and the console say the same)."""
+        if self.matched == 0:
+            return "no failed jobs match: none retried"
+        if self.dry_run:
+            return f"{self.matched:,} failed jobs match (dry run: none retried)"
+        return f"retried {self.retried:,} of {self.matched:,} matching failed jobs in {self.batches:,} batches"
 
 
 def retry_one(client: Client, job_id: uuid.UUID) -> JobView:
@@ -49,7 +56,8 @@ def retry_one(client: Client, job_id: uuid.UUID) -> JobView:
 
 def retry_selected(client: Client, ids: Sequence[uuid.UUID]) -> int:
     """Retry the failed jobs among `ids` (others are skipped); returns how many were put back."""
-    return sum(len(_retry_ids(client, ids[start:start + RETRY_BATCH])[0]) for start in range(0, len(ids), RETRY_BATCH))
+    size = client.settings.retry_batch_size
+    return sum(len(_retry_ids(client, ids[start:start + size])[0]) for start in range(0, len(ids), size))
 
 
 def retry_matching(
@@ -60,10 +68,11 @@ def retry_matching(
     error_type: str | None = None,
     since: datetime | None = None,
     dry_run: bool = False,
-    batch_size: int = RETRY_BATCH,
+    batch_size: int | None = None,
 ) -> RetryCount:
     """Retry every failed job matching the filter (finished at or after `since`), `batch_size` per
-    transaction; with `dry_run`, only count them."""
+    transaction (default: the retry_batch_size setting); with `dry_run`, only count them."""
+    batch_size = client.settings.retry_batch_size if batch_size is None else batch_size
     if status not in {s.value for s in retries.RETRYABLE_STATUSES}:
         raise InvalidJobError.single("status", "only failed jobs can be retried (status=failed)")
     if batch_size < 1:
@@ -73,18 +82,19 @@ def retry_matching(
         matched = retries.count_retryable(session, matching=matching)
     if dry_run or matched == 0:
         return RetryCount(matched=matched, retried=0, dry_run=dry_run)
-    retried, after = 0, None
+    retried, batches, after = 0, 0, None
     while True:
         with client.sessions() as session:
             page = retries.retryable_ids(session, matching=matching, after=after, limit=batch_size)
         if not page:
             break
         retried += len(_retry_ids(client, [job_id for _, job_id in page])[0])
+        batches += 1
         after = page[-1]
         if len(page) < batch_size:
             break
-    log.info("retried %d of %d matching failed jobs", retried, matched)
-    return RetryCount(matched=matched, retried=retried, dry_run=False)
+    log.info("retried %d of %d matching failed jobs in %d batches", retried, matched, batches)
+    return RetryCount(matched=matched, retried=retried, dry_run=False, batches=batches)
 
 
 def _retry_ids(
@@ -104,4 +114,4 @@ def _retry_ids(
     return put_back, views
 
 
-__all__ = ["RETRY_BATCH", "RetryCount", "retry_matching", "retry_one", "retry_selected"]
+__all__ = ["RetryCount", "retry_matching", "retry_one", "retry_selected"]

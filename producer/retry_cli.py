@@ -44,10 +44,7 @@ def retry(job_id: str | None, status: str | None, model: str | None, error_type:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     count = _client().retry_matching(status=status, model=model, error_type=error_type, since=finished_since,
                                      dry_run=dry_run)
-    if dry_run:
-        click.echo(f"{count.matched} failed jobs match (dry run: none retried)")
-    else:
-        click.echo(f"retried {count.retried} of {count.matched} matching failed jobs")
+    click.echo(count.describe())
 
 
 __all__ = ["retry"]

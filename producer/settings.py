@@ -28,6 +28,8 @@ class ProducerSettings(BaseSettings):
     jobs_per_message: int = Field(32, ge=1)
     # Seconds a job may sit queued without a message before the sweeper re-publishes it.
     republish_after_s: float = Field(60.0, gt=0)
+    # Jobs a bulk retry puts back per transaction: bounds each UPDATE's locks and each publish.
+    retry_batch_size: int = Field(1000, ge=1)
 
     @property
     def limits(self) -> Limits:

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from db.models import utcnow
 from producer import Client
@@ -17,7 +18,7 @@ from producer.errors import InvalidJobError, JobNotFoundError, JobNotRetryableEr
 from producer.gateway import GatewaySettings, create_app
 from producer.retries import retry_matching
 from producer.worker_process import WorkerProcess
-from tests.conftest import Backend
+from tests.conftest import Backend, new_backend
 from tests.helpers import unique_text
 from tests.test_cli import textq
 
@@ -64,7 +65,7 @@ def test_a_bulk_retry_counts_first_then_retries_in_batches(worker: WorkerProcess
     assert {v.status for v in client.get_many([v.id for v in failed])} == {"failed"}  # a dry run changes nothing
 
     done = retry_matching(client, model="flaky", error_type="ValueError", since=since, batch_size=2)
-    assert (done.matched, done.retried) == (5, 5)
+    assert (done.matched, done.retried, done.batches) == (5, 5, 3)
     views = client.wait_many([v.id for v in failed], timeout=60)
     assert {v.status for v in views} == {"succeeded"}
 
@@ -111,8 +112,9 @@ def test_retry_over_http_one_job_and_in_bulk(worker: WorkerProcess, client: Clie
     assert api.post("/v1/jobs/%3Cscript%3E/retry").status_code == 404
 
     body = {"model": "flaky", "since": since.isoformat(), "dry_run": True}
-    assert api.post("/v1/jobs/retry", json=body).json() == {"matched": 1, "retried": 0, "dry_run": True}
-    assert api.post("/v1/jobs/retry", json={**body, "dry_run": False}).json() == {"matched": 1, "retried": 1, "dry_run": False}
+    assert api.post("/v1/jobs/retry", json=body).json() == {"matched": 1, "retried": 0, "dry_run": True, "batches": 0}
+    assert api.post("/v1/jobs/retry", json={**body, "dry_run": False}).json() == {
+        "matched": 1, "retried": 1, "dry_run": False, "batches": 1}
     assert api.get(f"/v1/jobs/{second.id}", params={"wait": 60}).json()["status"] == "succeeded"
 
     refused = api.post("/v1/jobs/retry", json={"status": "running"})
@@ -135,3 +137,44 @@ def test_retry_from_the_command_line(worker: WorkerProcess, client: Client, back
     assert refused.returncode != 0 and "only a failed job can be retried" in refused.stderr
     bad = textq("retry", "--status", "failed", "--since", "soon", env=backend.env)
     assert bad.returncode != 0 and "--since" in bad.stderr
+
+
+# Jobs by SQL, several per created_at (the keyset's ties): `m` failed `flaky` jobs with ValueError that
+# the filter matches, then 100 each that it must leave alone: another error, not failed, another model.
+_JOBS_BY_SQL = """
+INSERT INTO jobs (id, model, task, status, input, error_type, error_message, attempts, priority,
+                  created_at, finished_at, published_at, publish_count, retried_attempts)
+SELECT gen_random_uuid(), CASE WHEN i > :m + 200 THEN 'other' ELSE 'flaky' END, 'classify',
+       CASE WHEN i > :m + 100 AND i <= :m + 200 THEN 'succeeded' ELSE 'failed' END, '{"text": "bulk"}'::jsonb,
+       CASE WHEN i <= :m OR i > :m + 200 THEN 'ValueError' WHEN i <= :m + 100 THEN 'TimeoutError' END,
+       'first try', 2, 5, date_trunc('second', now()) - make_interval(secs => i % 500), now(), now(), 1, 0
+FROM generate_series(1, :m + 300) AS i
+"""
+
+
+def test_a_bulk_retry_of_thousands_of_rows_goes_in_batches_and_says_how_many() -> None:
+    matching, batch = 3000, 256
+    # No worker: the retried rows stay queued to be read.
+    with new_backend("postgresql", "bulk-retry") as pg, Client(database_url=pg.database_url, broker_url=pg.broker_url) as client:
+        with client.sessions.begin() as session:
+            session.execute(text(_JOBS_BY_SQL), {"m": matching})
+        env = {**pg.env, "TEXTQ_RETRY_BATCH_SIZE": str(batch)}
+        args = ("retry", "--status", "failed", "--model", "flaky", "--error-type", "ValueError")
+        counted = textq(*args, "--dry-run", env=env)
+        assert counted.stdout.strip() == "3,000 failed jobs match (dry run: none retried)", counted.stderr
+        done = textq(*args, env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "retried 3,000 of 3,000 matching failed jobs in 12 batches"  # 11 x 256 + 184
+        with client.sessions() as session:
+            rows = session.execute(text(
+                "SELECT model, status, error_type, previous_error, attempts, retried_attempts, count(*) "
+                "FROM jobs GROUP BY 1, 2, 3, 4, 5, 6")).tuples().all()
+        assert sorted(rows, key=str) == sorted([
+            ("flaky", "queued", None, "ValueError: first try", 0, 2, matching),
+            ("flaky", "failed", "TimeoutError", None, 2, 0, 100),
+            ("flaky", "succeeded", None, None, 2, 0, 100),
+            ("other", "failed", "ValueError", None, 2, 0, 100),
+        ], key=str)
+        assert client.publisher.queue_depth("flaky") > 0  # published, for a worker to take
+        again = textq(*args, env=env)
+        assert again.stdout.strip() == "no failed jobs match: none retried", again.stderr

@@ -173,8 +173,7 @@ def include_console(app: FastAPI, *, secure_cookie: bool = False) -> None:
                 count = await blocking(client.retry_matching, model=form.get("model") or None,
                                        error_type=form.get("error_type") or None, since=since,
                                        dry_run=form.get("dry_run") == "1")
-                done = (f"{count.matched} failed jobs match (dry run)" if count.dry_run
-                        else f"retried {count.retried} of {count.matched} matching failed jobs")
+                done = count.describe()
         except (ValueError, JobNotFoundError) as exc:
             return _page("error.html", None, status=422, message=str(exc))
         return RedirectResponse(f"{PREFIX}/failed?done={done}", status_code=303)
