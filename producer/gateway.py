@@ -38,6 +38,7 @@ from starlette.types import Scope as AsgiScope
 from producer.batch_routes import FILES_PATH, include_batch_routes
 from producer.client import Client, JobStatus
 from producer.console import include_console
+from producer.console.https import CookiePolicy, parse_proxies
 from producer.contract import JobRequest, JobView
 from producer.errors import (
     FieldError,
@@ -88,13 +89,27 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1)
     # Long polls (?wait=) wake on finish notifications; this re-read only covers lost notifications.
     wait_recheck_s: float = Field(1.0, gt=0, le=MAX_WAIT_S)
+    # The console's session cookie is Secure when the request came over https ("auto"), or always
+    # ("always": TLS ends at a proxy that sends no X-Forwarded-Proto). X-Forwarded-Proto is believed
+    # from these peers only: addresses or networks, or "*" (producer/console/https.py).
+    secure_cookie: Literal["auto", "always"] = "auto"
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    @field_validator("keys", mode="before")
+    @field_validator("keys", "trusted_proxies", mode="before")
     @classmethod
-    def _split_keys(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        parse_proxies(value)
+        return value
+
+    def cookie_policy(self) -> CookiePolicy:
+        return CookiePolicy(always_secure=self.secure_cookie == "always", trusted_proxies=parse_proxies(self.trusted_proxies))
 
 
 class ErrorBody(BaseModel):
@@ -172,7 +187,7 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
     # Files, batches and webhook endpoints are per tenant, as jobs: each route gets the caller's scoped Client.
     include_batch_routes(app, the_client, client_for=_Allowed)
     include_webhook_routes(app, the_client, client_for=_Allowed)
-    include_console(app)  # /console: same keys, a session cookie (producer/console/)
+    include_console(app, cookies=settings.cookie_policy())  # /console: same keys, a session cookie (producer/console/)
     _document_job_request(app)
     return app
 

@@ -19,9 +19,11 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from db.models import JobStatus, utcnow
+from producer.console.https import CookiePolicy
 from producer.console.session import COOKIE, Session, Signer
 from producer.errors import InvalidJobError, JobNotFoundError, JobNotRetryableError
 from producer.operations import parse_age
+from producer.overview import SERIES_MINUTES
 from producer.tenants import ApiKey, Scope
 
 if TYPE_CHECKING:
@@ -40,8 +42,10 @@ class _Refused(Exception):
         self.response = response
 
 
-def include_console(app: FastAPI, *, secure_cookie: bool = False) -> None:
-    """Serve the console under /console (the app's `state.keys` is its KeyRing)."""
+def include_console(app: FastAPI, *, cookies: CookiePolicy | None = None) -> None:
+    """Serve the console under /console (the app's `state.keys` is its KeyRing); `cookies` says when
+    the session cookie is `Secure` (default: when the request came over https)."""
+    policy = cookies or CookiePolicy()
     signer = Signer()
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=HERE / "static"), name="console-static")
@@ -83,14 +87,14 @@ def include_console(app: FastAPI, *, secure_cookie: bool = False) -> None:
         value, _ = signer.issue(key)
         response = RedirectResponse(f"{PREFIX}/", status_code=303)
         response.set_cookie(COOKIE, value, max_age=signer.lifetime_s, httponly=True, samesite="strict",
-                            secure=secure_cookie, path=PREFIX)
+                            secure=policy.secure_for(request), path=PREFIX)
         return response
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
         await posted(request, Scope.READ)
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
-        response.delete_cookie(COOKIE, path=PREFIX)
+        response.delete_cookie(COOKIE, path=PREFIX, secure=policy.secure_for(request), httponly=True, samesite="strict")
         return response
 
     @router.get("/")
