@@ -138,6 +138,9 @@ class Job(Base):
             postgresql_where=text("status IN ('queued', 'running')"),
             sqlite_where=text("status IN ('queued', 'running')"),
         ),
+        # Failed jobs only, newest first, with what the console groups them by (migration 0010).
+        Index("ix_jobs_failed_created_id", "created_at", "id", postgresql_where=text("status = 'failed'"),
+              sqlite_where=text("status = 'failed'"), postgresql_include=["model", "error_type", "finished_at"]),
         # Partial: jobs outside batches (most) cost this index nothing.
         Index("ix_jobs_batch_line", "batch_id", "batch_line",
               postgresql_where=text("batch_id IS NOT NULL"), sqlite_where=text("batch_id IS NOT NULL")),

@@ -20,6 +20,7 @@ from typing import Any, Protocol, Self, TypeVar, cast
 from sqlalchemy import (
     Integer,
     LargeBinary,
+    Select,
     String,
     Table,
     Text,
@@ -446,6 +447,39 @@ class PagePosition:
     id: uuid.UUID
 
 
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs a page lists (every field None: all); the console's and the API's filters."""
+
+    status: JobStatus | None = None
+    model: str | None = None
+    tenant: str | None = None
+    before: datetime | None = None
+    since: datetime | None = None
+    error_type: str | None = None
+
+
+def newest_first(matching: JobFilter, *, after: PagePosition | None = None) -> Select[Job]:
+    """Jobs matching the filter newest first, by (created_at, id), from just after `after`."""
+    stmt = _of_tenant(select(Job), matching.tenant).order_by(Job.created_at.desc(), Job.id.desc())
+    if matching.status is not None:
+        stmt = stmt.where(Job.status == matching.status)
+    if matching.model is not None:
+        stmt = stmt.where(Job.model == matching.model)
+    if matching.before is not None:
+        stmt = stmt.where(Job.created_at < matching.before)
+    if matching.since is not None:
+        stmt = stmt.where(Job.created_at >= matching.since)
+    if matching.error_type is not None:
+        stmt = stmt.where(Job.error_type == matching.error_type)
+    if after is not None:
+        stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(
+            bindparam("after_created_at", after.created_at, type_=UTCDateTime()),
+            bindparam("after_id", after.id, type_=Uuid()),
+        ))
+    return stmt
+
+
 def list_jobs(
     session: Session,
     *,
@@ -458,40 +492,26 @@ def list_jobs(
     time_limit_s: float | None = None,
     since: datetime | None = None,
     error_type: str | None = None,
-    text_contains: str | None = None,
 ) -> list[Job]:
     """Up to `limit` jobs newest first, by (created_at, id); the next page starts after the last row.
 
     Keyset paging: a page costs one index range read however deep it is. With `time_limit_s`, a
-    query that runs longer (a rare filter scanning many rows) raises TimeoutError.
+    query that runs longer (a rare filter scanning many rows) raises TimeoutError. A text search
+    is db/search.py's.
     """
-    stmt = _of_tenant(select(Job), tenant).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
-    if status is not None:
-        stmt = stmt.where(Job.status == status)
-    if model is not None:
-        stmt = stmt.where(Job.model == model)
-    if before is not None:
-        stmt = stmt.where(Job.created_at < before)
-    if since is not None:
-        stmt = stmt.where(Job.created_at >= since)
-    if error_type is not None:
-        stmt = stmt.where(Job.error_type == error_type)
-    if text_contains is not None:  # a scan of the rows the other filters leave: the time limit bounds it
-        stmt = stmt.where(func.lower(Job.input["text"].as_string()).contains(text_contains.lower(), autoescape=True))
-    if after is not None:
-        stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(
-            bindparam("after_created_at", after.created_at, type_=UTCDateTime()),
-            bindparam("after_id", after.id, type_=Uuid()),
-        ))
-    if time_limit_s is None:
-        return list(session.scalars(stmt).all())
-    with _time_limit(session, time_limit_s):
+    matching = JobFilter(status=status, model=model, tenant=tenant, before=before, since=since, error_type=error_type)
+    stmt = newest_first(matching, after=after).limit(limit)
+    with time_limit(session, time_limit_s):
         return list(session.scalars(stmt).all())
 
 
 @contextmanager
-def _time_limit(session: Session, seconds: float) -> Iterator[None]:
-    """Run the session's next statements under a deadline: PostgreSQL's statement_timeout, SQLite's progress handler."""
+def time_limit(session: Session, seconds: float | None) -> Iterator[None]:
+    """Run the session's next statements under a deadline (None: none): PostgreSQL's statement_timeout,
+    SQLite's progress handler."""
+    if seconds is None:
+        yield
+        return
     try:
         if _is_postgres(session):
             # SET LOCAL needs a transaction: this session's connection leaves autocommit until it returns to the pool.

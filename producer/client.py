@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from sqlalchemy import Connection
 
-from db import store
+from db import search, store
 from db.engine import session_factory, shared_engine
 from db.models import DEFAULT_TENANT, FINISHED_STATUSES, JobStatus, utcnow
 from db.settings import DatabaseSettings
@@ -104,6 +104,7 @@ class Client:
         self.visible_tenant: str | None = self.tenant if tenant is not None else None
         self._owns_connections = True
         self.list_time_limit_s = LIST_TIME_LIMIT_S
+        self.search_window = search.SEARCH_WINDOW  # jobs a text search reads per page (db/search.py)
 
     def for_tenant(self, tenant: str, *, see_all: bool = False) -> Client:
         """A Client sharing this one's connections that submits as `tenant` and sees only its jobs
@@ -328,7 +329,9 @@ class Client:
         """Jobs newest first, `limit` (1-200) per page; pass the page's `next_cursor` for the next one.
 
         InvalidJobError names a bad filter or cursor; ListTimeoutError when the query runs past
-        `list_time_limit_s` (a rare filter over a big table).
+        `list_time_limit_s` (a rare filter over a big table). With `text_contains`, a page searches
+        the next `search_window` (10,000) jobs the other filters leave (db/search.py): it may hold
+        fewer than `limit` jobs, or none, and still have a `next_cursor` that searches further back.
         """
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidJobError.single("limit", f"must be between 1 and {MAX_PAGE}")
@@ -346,20 +349,25 @@ class Client:
         except ValueError:
             raise InvalidJobError.single("status", f"must be one of {', '.join(JobStatus)}") from None
         after = decode_cursor(cursor) if cursor is not None else None
+        matching = store.JobFilter(status=wanted, model=model, tenant=self.visible_tenant, before=before, since=since,
+                                   error_type=error_type)
         try:
             with self.sessions() as session:
-                rows = store.list_jobs(session, status=wanted, model=model, tenant=self.visible_tenant, limit=limit,
-                                       before=before, after=after, time_limit_s=self.list_time_limit_s,
-                                       since=since, error_type=error_type, text_contains=text_contains)
+                if text_contains is None:
+                    rows = store.list_jobs(session, **asdict(matching), limit=limit, after=after,
+                                           time_limit_s=self.list_time_limit_s)
+                    resume = store.PagePosition(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+                else:  # a window of jobs per page (db/search.py): a page may be short and still have a next one
+                    found = search.search_jobs(session, text=text_contains, matching=matching, after=after, limit=limit,
+                                               window=self.search_window, time_limit_s=self.list_time_limit_s)
+                    rows, resume = found.jobs, found.resume_after
                 jobs = [JobView.model_validate(j) for j in rows]
         except TimeoutError:
             raise ListTimeoutError(
                 f"listing jobs took longer than {self.list_time_limit_s:g} s: narrow it (status and model together, "
                 "or an earlier `before`)"
             ) from None
-        if len(jobs) < limit:
-            return JobPage(jobs=jobs)
-        return JobPage(jobs=jobs, next_cursor=encode_cursor(store.PagePosition(jobs[-1].created_at, jobs[-1].id)))
+        return JobPage(jobs=jobs, next_cursor=encode_cursor(resume) if resume is not None else None)
 
     def retry(self, job_id: uuid.UUID | str) -> JobView:
         """Put a failed job back to queued (producer/retries.py); JobNotRetryableError for any other status."""

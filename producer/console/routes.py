@@ -130,7 +130,8 @@ def include_console(app: FastAPI, *, cookies: CookiePolicy | None = None) -> Non
                                   cursor=filters["cursor"], limit=PAGE_SIZE)
         except InvalidJobError as exc:
             return _page("jobs.html", session, status=422, filters=filters, page=None, message=str(exc))
-        return _page("jobs.html", session, filters=filters, page=page, statuses=list(JobStatus))
+        return _page("jobs.html", session, filters=filters, page=page, statuses=list(JobStatus),
+                     search_window=client.search_window)
 
     @router.get("/jobs/{job_id}")
     async def job(request: Request, job_id: str) -> Response:
