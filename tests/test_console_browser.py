@@ -91,6 +91,8 @@ def test_the_console_end_to_end(page: Any, client: Client, gateway: str, backend
     assert min(before.failed_last_hour, after.failed_last_hour) <= shown_failed
     assert shown_failed <= max(before.failed_last_hour, after.failed_last_hour)
     page.wait_for_selector("#throughput .uplot")
+    legend = page.locator("#latency .u-legend").inner_text()  # both percentiles of a model that had jobs succeed
+    assert "echo p50" in legend and "echo p95" in legend, legend
     _shot(page, "overview", backend.name)
 
     # Filter the list, open a job: the hostile text is shown as text and never runs.

@@ -102,7 +102,8 @@ def include_console(app: FastAPI, *, cookies: CookiePolicy | None = None) -> Non
         session, key, client = current(request)
         view = await blocking(client.overview)
         workers = await blocking(client.workers)
-        return _page("overview.html", session, overview=view, workers=workers, tenant=key.tenant)
+        return _page("overview.html", session, overview=view, workers=workers, tenant=key.tenant,
+                     series_minutes=SERIES_MINUTES)
 
     @router.get("/overview.json")
     async def overview_json(request: Request) -> Response:
