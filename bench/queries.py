@@ -110,7 +110,8 @@ def queries(rows: int, some_id: uuid.UUID, batch: list[uuid.UUID], middle: store
 
 def _shown(statement: str) -> str:
     """The statement on one line, a select list of eight columns or more shortened (the job's page reads them all)."""
-    return re.sub(r"SELECT (?:jobs\.\w+, ){7,}jobs\.\w+ FROM", "SELECT jobs.<every column> FROM", " ".join(statement.split()))
+    column = r"(\w+)\.\w+(?: AS \w+)?"
+    return re.sub(rf"SELECT (?:{column}, ){{7,}}{column} FROM", r"SELECT \1.<every column> FROM", " ".join(statement.split()))
 
 
 def _clipped(line: str, width: int = 240) -> str:
@@ -153,7 +154,8 @@ def main() -> None:
             median = timed(query, sessions)
             flag = " OVER BUDGET" if query.console and median > CONSOLE_BUDGET_MS else ""
             over += [query.label] if flag else []
-            print(f"{query.label:<72} {median:8.2f} ms (median of {query.repeat}){flag}")
+            timing = f"{median:.2f} ms (median of {query.repeat}){flag}"
+            print(f"### {query.label}: {timing}" if args.plans else f"{query.label:<72} {timing:>30}")
             if args.plans:
                 for statement, plan in plans_of(sessions, query.run):
                     print(f"\n```sql\n{_shown(statement)}\n```\n```\n" + "\n".join(map(_clipped, plan)) + "\n```\n")
