@@ -16,6 +16,7 @@ from sqlalchemy import Table, and_, delete, exists, func, insert, or_, select, u
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from db import webhooks
 from db.models import Batch, BatchStatus, FileChunk, Job, JobStatus, StoredFile, of_tenant, utcnow
 from db.store import EXPIRED_ERROR, EXPIRED_MESSAGE
 
@@ -166,17 +167,22 @@ def request_cancel(session: Session, *, batch_id: str, tenant: str | None = None
         update(JOBS).where(JOBS.c.batch_id == batch_id, JOBS.c.status.in_(_UNFINISHED_JOB))
         .values(status=JobStatus.CANCELLED.value, finished_at=now, lease_until=None)
     )
+    webhooks.queue_batch_job_events(session, batch_id=batch_id)  # job.cancelled, with the cancel
     return True
 
 
 def expire_batch_jobs(session: Session, *, batch_id: str) -> int:
-    """End the batch's queued jobs `expired` (its completion window is over); running ones finish."""
+    """End the batch's queued jobs `expired` (its completion window is over), with their job.expired
+    events; running ones finish."""
     result = session.execute(
         update(JOBS).where(JOBS.c.batch_id == batch_id, JOBS.c.status == JobStatus.QUEUED.value)
         .values(status=JobStatus.EXPIRED.value, finished_at=utcnow(), error_type=EXPIRED_ERROR,
                 error_message=EXPIRED_MESSAGE)
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    expired = int(result.rowcount)  # type: ignore[attr-defined]
+    if expired:
+        webhooks.queue_batch_job_events(session, batch_id=batch_id)
+    return expired
 
 
 # -- the batch's jobs ---------------------------------------------------------------------------

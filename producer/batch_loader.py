@@ -196,6 +196,8 @@ def _enqueue(context: LoaderContext, batch: Batch, owner: str, lines: list[Valid
                   else JobStatus.EXPIRED if current.expires_at <= now else JobStatus.QUEUED)
         rows = [_job_row(current, line, status, now) for line in lines]
         store.insert_batch_jobs(session, rows=rows)
+        # Lines that end as they are inserted (a skipped bad line, a batch cancelled or expired) announce it now.
+        webhooks.queue_job_events(session, job_ids=[row["id"] for row in rows if row["status"] != JobStatus.QUEUED.value])
     queued = [(row["id"], row["model"], row["priority"]) for row in rows if row["status"] == JobStatus.QUEUED.value]
     try:
         context.publisher.publish_jobs(queued)
