@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 import openai
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from db.engine import session_factory
 from db.models import Batch, FileChunk, Job, StoredFile
@@ -170,4 +170,6 @@ def test_kill_9_the_gateway_mid_upload_and_mid_load(postgres_db: str, private_re
     assert len(seen) == count and set(seen.values()) == {1}
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job).where(Job.batch_id == batch_id)) == count
+        # A loader of this many lines has the planner re-sample the jobs table (PostgreSQL; db/batches.py).
+        assert session.scalar(text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'jobs'"))
     assert stored(StoredFile) == 2  # the input and the output file: the half upload left nothing behind
