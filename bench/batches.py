@@ -1,22 +1,17 @@
 """A batch end to end through the HTTP gateway with the official openai client: upload, validate,
-enqueue, compute, finalize, download. Reports lines/s and the gateway's peak memory (RSS), and
-for a real model its ratio to the raw model in this process.
+enqueue, compute, finalize, download. Reports lines/s, the gateway's peak memory (RSS) and the
+file's size; for a real model, its ratio to the raw model over the same lines, timed in this
+process just before the batch (the same machine load).
 
-    python -m bench.batches --n 100000 --models null,sentiment --sentiment-n 5000
-    python -m bench.batches --n 1000000 --models null       # the million-line file: gateway memory stays bounded
+    python -m bench.batches --n 1000000 --models null,sentiment --sentiment-n 5000 --json bench/results/batches.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +21,7 @@ import openai
 from bench.environment import BenchEnvironment
 from bench.rss import PeakRSS
 from bench.texts import short_texts
-from tests.live_gateway import free_port
+from tests.live_gateway import gateway_process
 
 KEY = "bench-" + uuid.uuid4().hex
 
@@ -41,32 +36,21 @@ class BatchRow:
     lines_per_s: float
     gateway_peak_rss_mb: float
     file_mb: float
+    raw_lines_per_s: float | None = None
     x_raw: float | None = None
 
 
-def write_file(path: Path, model: str, n: int) -> None:
+def batch_texts(n: int) -> list[str]:
+    """The texts of the batch's `n` lines (and of the raw run it is compared with)."""
     texts = short_texts(min(n, 10_000))
+    return [f"{texts[i % len(texts)]} #{i}" for i in range(n)]
+
+
+def write_file(path: Path, model: str, texts: list[str]) -> None:
     with path.open("w") as handle:
-        for i in range(n):
-            body = {"text": f"{texts[i % len(texts)]} #{i}", "model": model}
+        for i, text in enumerate(texts):
+            body = {"text": text, "model": model}
             handle.write(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/jobs", "body": body}) + "\n")
-
-
-def start_gateway(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    gateway = subprocess.Popen(
-        [sys.executable, "-c", "from producer.cli import main; main()", "api", "--port", str(port)],
-        env={**os.environ, **env, "TEXTQ_API_KEYS": KEY, "TEXTQ_BATCH_DRIVE_INTERVAL_S": "0.5"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return gateway
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    gateway.kill()
-    raise RuntimeError("the gateway did not start")
 
 
 def run_batch(oai: openai.OpenAI, path: Path, model: str, n: int, gateway_pid: int) -> BatchRow:
@@ -93,13 +77,14 @@ def run_batch(oai: openai.OpenAI, path: Path, model: str, n: int, gateway_pid: i
                     round(n / total, 1), round(rss.peak_mb, 1), round(path.stat().st_size / 2**20, 1))
 
 
-def raw_jobs_per_s(model: str, n: int) -> float:
+def raw_lines_per_s(model: str, texts: list[str]) -> float:
+    """The runner in this process over the same texts, each once, in batches of its max_batch_size."""
     from bench.measure import RawModel
     from producer.registry import load_registry
 
-    raw = RawModel(load_registry(None).get(model), short_texts(min(n, 2000)))
+    raw = RawModel(load_registry(None).get(model), texts)
     try:
-        return raw.run(min_s=5).jobs_per_s
+        return raw.run(min_s=0, min_items=len(texts)).jobs_per_s
     finally:
         raw.close()
 
@@ -119,20 +104,18 @@ def main() -> None:
     for model in args.models.split(","):
         n = args.n if model == "null" else args.sentiment_n
         with BenchEnvironment(args.database) as env, tempfile.TemporaryDirectory(prefix="textq-bench-batch-") as tmp:
+            texts = batch_texts(n)
             path = Path(tmp) / f"{model}.jsonl"
-            write_file(path, model, n)
-            port = free_port()
-            worker = WorkerProcess(env=env.env, models=[model]).start()
-            gateway = start_gateway(env.env, port)
-            try:
-                oai = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, timeout=600, max_retries=0)
+            write_file(path, model, texts)
+            raw = None if model == "null" else raw_lines_per_s(model, texts)
+            gateway_env = {**env.env, "TEXTQ_API_KEYS": KEY, "TEXTQ_BATCH_DRIVE_INTERVAL_S": "0.5"}
+            with WorkerProcess(env=env.env, models=[model]), \
+                    gateway_process(gateway_env, Path(tmp) / "gateway.log") as (base_url, gateway):
+                oai = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, timeout=600, max_retries=0)
                 row = run_batch(oai, path, model, n, gateway.pid)
-            finally:
-                gateway.terminate()
-                gateway.wait()
-                worker.stop()
-            if model != "null":
-                row.x_raw = round(row.lines_per_s / raw_jobs_per_s(model, n), 3)
+            if raw is not None:
+                row.x_raw = round(row.lines_per_s / raw, 3)
+                row.raw_lines_per_s = round(raw, 1)
             rows.append(row)
             print(json.dumps(asdict(row)), flush=True)
     if args.json:

@@ -97,14 +97,15 @@ class RawModel:
         self.runner.predict(self.inputs[: spec.max_batch_size])  # warm-up
         self.single_ms: list[float] = []
 
-    def run(self, min_s: float) -> Row:
-        """Batches in order (cycling through the texts) for at least `min_s` seconds and 3 batches."""
+    def run(self, min_s: float, *, min_items: int = 0) -> Row:
+        """Batches in order (cycling through the texts) for at least `min_s` seconds, 3 batches and
+        `min_items` items (len(texts): each text once)."""
         step = self.spec.max_batch_size
         batches = [self.inputs[i : i + step] for i in range(0, len(self.inputs), step)]
         done = calls = 0
         with PeakRSS(os.getpid(), children=False) as rss, tqdm(desc="raw", unit="job", leave=False, dynamic_ncols=True) as bar:
             started = time.perf_counter()
-            while calls < 3 or time.perf_counter() - started < min_s:
+            while calls < 3 or done < min_items or time.perf_counter() - started < min_s:
                 batch = batches[calls % len(batches)]
                 self.runner.predict(batch)
                 calls += 1

@@ -141,8 +141,12 @@ class Job(Base):
         # Failed jobs only, newest first, with what the console groups them by (migration 0010).
         Index("ix_jobs_failed_created_id", "created_at", "id", postgresql_where=text("status = 'failed'"),
               sqlite_where=text("status = 'failed'"), postgresql_include=["model", "error_type", "finished_at"]),
-        # Partial: jobs outside batches (most) cost this index nothing.
+        # Partial: jobs outside batches (most) cost these indexes nothing.
         Index("ix_jobs_batch_line", "batch_id", "batch_line",
+              postgresql_where=text("batch_id IS NOT NULL"), sqlite_where=text("batch_id IS NOT NULL")),
+        # Is any of the batch's jobs unfinished (a probe, not a scan of its finished ones), and its
+        # counts by status (an index read): both asked on every poll of a batch of up to a million lines.
+        Index("ix_jobs_batch_status", "batch_id", "status",
               postgresql_where=text("batch_id IS NOT NULL"), sqlite_where=text("batch_id IS NOT NULL")),
     )
 

@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.elements import ColumnElement
 
+from db import webhooks
 from db.models import DEFAULT_TENANT, FINISHED_STATUSES, Job, JobStatus, UTCDateTime, utcnow
 
 # The Core table, for bulk statements (executemany) that the ORM would do row by row.
@@ -279,8 +280,10 @@ def claim_jobs(
         "claim_lease_until": now + lease, "max_attempts": max_attempts,
         "exhausted_message": f"exceeded max attempts ({max_attempts}): every try ended without a result",
     })
-    return [_claimed(*row[:7], model_version=row[8], webhook_url=row[9]) for row in result.tuples()
-            if row[7] == JobStatus.RUNNING]
+    rows = result.tuples().all()
+    # Jobs the claim ended (expired, attempts exhausted) announce it in this transaction, as results do.
+    webhooks.queue_job_events(session, job_ids=[row[0] for row in rows if row[7] != JobStatus.RUNNING])
+    return [_claimed(*row[:7], model_version=row[8], webhook_url=row[9]) for row in rows if row[7] == JobStatus.RUNNING]
 
 
 def _claimed(job_id: uuid.UUID, model: str, task: str, stored: Any, attempts: int, created_at: datetime,
@@ -539,14 +542,18 @@ def count_by_status(session: Session, *, tenant: str | None = None) -> dict[str,
 
 
 def cancel_job(session: Session, *, job_id: uuid.UUID, tenant: str | None = None) -> bool:
-    """Cancel a job not yet finished. A running job's result is then discarded at its batch's end."""
+    """Cancel a job not yet finished, and queue its job.cancelled event (call it in a transaction).
+    A running job's result is then discarded at its batch's end."""
     result = session.execute(
         _of_tenant(update(Job), tenant)
         .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
         .values(status=JobStatus.CANCELLED, finished_at=utcnow(), lease_until=None),
         execution_options={"synchronize_session": False},
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    webhooks.queue_job_events(session, job_ids=[job_id])
+    return True
 
 
 def jobs_table_answers(session: Session) -> None:
@@ -662,9 +669,10 @@ def earliest_published(session: Session, *, ids: Sequence[uuid.UUID]) -> datetim
 
 
 def expire_overdue_jobs(session: Session) -> int:
-    """End queued jobs whose deadline passed (they may never get a message to be claimed by)."""
+    """End queued jobs whose deadline passed (they may never get a message to be claimed by), with
+    their job.expired events."""
     now = utcnow()
-    result = session.execute(
+    expired = session.scalars(
         update(Job)
         .where(Job.status == JobStatus.QUEUED, Job.expires_at.is_not(None), Job.expires_at < now)
         .values(
@@ -672,10 +680,12 @@ def expire_overdue_jobs(session: Session) -> int:
             finished_at=now,
             error_type=EXPIRED_ERROR,
             error_message=EXPIRED_MESSAGE,
-        ),
+        )
+        .returning(Job.id),
         execution_options={"synchronize_session": False},
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    ).all()
+    webhooks.queue_job_events(session, job_ids=expired)
+    return len(expired)
 
 
 def fail_unknown_model_jobs(session: Session, *, known_models: Collection[str], created_before: datetime) -> int:

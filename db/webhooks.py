@@ -1,7 +1,10 @@
 """The store API of webhooks: endpoints, deliveries and their attempts.
 
-A delivery is queued by `queue_job_events` / `queue_batch_event` inside the transaction that writes
-the result it reports, so a crash can lose neither without the other. Senders claim due deliveries
+A delivery is queued by `queue_job_events` / `queue_batch_job_events` / `queue_batch_event` inside
+the transaction that writes the state it reports (a result, a cancel, an expiry), so a crash can
+lose neither without the other. The event's type follows the state: `job.cancelled` and
+`job.expired` for jobs that ended so, `job.finished` for the others (succeeded or failed); the same
+for batches (`batch.finished`: completed or failed). Senders claim due deliveries
 with a lease (one conditional UPDATE; SKIP LOCKED on PostgreSQL), so two never send one at once.
 Endpoints and deliveries belong to a tenant: an endpoint gets only its tenant's jobs' and batches'
 events, and a `tenant` argument limits a read or write to that tenant's rows (None: every tenant's).
@@ -24,6 +27,7 @@ from sqlalchemy import (
     Uuid,
     any_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -41,8 +45,10 @@ from sqlalchemy.orm import Session
 from db.models import (
     FINISHED_STATUSES,
     Batch,
+    BatchStatus,
     DeliveryStatus,
     Job,
+    JobStatus,
     UTCDateTime,
     WebhookAttempt,
     WebhookDelivery,
@@ -52,15 +58,36 @@ from db.models import (
 )
 
 JOB_FINISHED = "job.finished"
+JOB_CANCELLED = "job.cancelled"
+JOB_EXPIRED = "job.expired"
 BATCH_FINISHED = "batch.finished"
-EVENT_TYPES = (JOB_FINISHED, BATCH_FINISHED)
+BATCH_CANCELLED = "batch.cancelled"
+BATCH_EXPIRED = "batch.expired"
+JOB_EVENT_TYPES = (JOB_FINISHED, JOB_CANCELLED, JOB_EXPIRED)
+EVENT_TYPES = (*JOB_EVENT_TYPES, BATCH_FINISHED, BATCH_CANCELLED, BATCH_EXPIRED)
 DELIVERIES = cast(Table, WebhookDelivery.__table__)
 _COLUMNS = ["event_type", "subject_id", "url", "endpoint_id", "target", "tenant", "status", "attempts", "next_attempt_at",
             "created_at"]
+# A batch's jobs that a cancel or an expiry ends.
+_ENDED_BY_BATCH = (JobStatus.CANCELLED.value, JobStatus.EXPIRED.value)
 
 
-def _subscribed(event_type: str) -> ColumnElement[bool]:
-    return WebhookEndpoint.events.like(f"%{event_type}%")
+def _job_event_type() -> ColumnElement[str]:
+    """The event a finished job's row reports, by its status."""
+    return case((Job.status == JobStatus.CANCELLED.value, literal(JOB_CANCELLED, String())),
+                (Job.status == JobStatus.EXPIRED.value, literal(JOB_EXPIRED, String())),
+                else_=literal(JOB_FINISHED, String()))
+
+
+def _batch_event_type() -> ColumnElement[str]:
+    """The event an ended batch's row reports, by its status."""
+    return case((Batch.status == BatchStatus.CANCELLED.value, literal(BATCH_CANCELLED, String())),
+                (Batch.status == BatchStatus.EXPIRED.value, literal(BATCH_EXPIRED, String())),
+                else_=literal(BATCH_FINISHED, String()))
+
+
+def _subscribed(event_type: ColumnElement[str]) -> ColumnElement[bool]:
+    return WebhookEndpoint.events.contains(event_type)
 
 
 def _queue(session: Session, own: Any, endpoints: Any) -> None:
@@ -74,12 +101,12 @@ def _insert_deliveries(dialect: str, own: Any, endpoints: Any) -> Any:
         index_elements=["event_type", "subject_id", "target"])
 
 
-def _values(event_type: str, subject: Any, url: Any, endpoint_id: Any, target: Any, tenant: Any,
+def _values(event_type: ColumnElement[str], subject: Any, url: Any, endpoint_id: Any, target: Any, tenant: Any,
             now: Any) -> list[Any]:
     # A job's id as 32 hex digits on every backend (PostgreSQL's text form has dashes, SQLite's none).
     if isinstance(now, datetime):
         now = literal(now, WebhookDelivery.created_at.type)
-    return [literal(event_type, String()), func.replace(sql_cast(subject, String()), "-", ""), url, endpoint_id, target,
+    return [event_type, func.replace(sql_cast(subject, String()), "-", ""), url, endpoint_id, target,
             tenant, literal(DeliveryStatus.PENDING.value, String()), literal(0), now, now]
 
 
@@ -102,12 +129,20 @@ class EndpointPresence:
 
 
 def queue_job_events(session: Session, *, job_ids: Sequence[uuid.UUID]) -> None:
-    """Queue `job.finished` for the finished jobs among `job_ids`: to each one's own webhook_url, and
-    to every endpoint of the job's tenant subscribed. Call it in the transaction that finishes them."""
+    """Queue the event of each finished job among `job_ids` (job.finished, job.cancelled or
+    job.expired, by its status): to its own webhook_url, and to every endpoint of the job's tenant
+    subscribed to that type. Call it in the transaction that finishes them."""
     if not job_ids:
         return
     dialect = session.get_bind().dialect.name
     session.execute(_job_events_statement(dialect), {"event_job_ids": list(job_ids), "event_now": utcnow()})
+
+
+def queue_batch_job_events(session: Session, *, batch_id: str) -> None:
+    """Queue job.cancelled / job.expired for the batch's jobs that a cancel or an expiry ended; call it
+    in that transaction. Jobs queued for before (cancelled one by one, say) stay one delivery each."""
+    now = literal(utcnow(), WebhookDelivery.created_at.type)
+    _queue(session, *_job_event_selects(now, [Job.batch_id == batch_id, Job.status.in_(_ENDED_BY_BATCH)]))
 
 
 @lru_cache(maxsize=4)
@@ -116,26 +151,32 @@ def _job_events_statement(dialect: str) -> Any:
     ids = (Job.id == any_(bindparam("event_job_ids", type_=postgresql.ARRAY(Uuid()))) if dialect == "postgresql"
            else Job.id.in_(bindparam("event_job_ids", expanding=True, type_=Uuid())))
     now = bindparam("event_now", type_=UTCDateTime())
-    finished = [ids, Job.status.in_(list(FINISHED_STATUSES))]
-    own = select(*_values(JOB_FINISHED, Job.id, Job.webhook_url, null(), literal("", String()), Job.tenant, now)).where(
-        *finished, Job.webhook_url.is_not(None))
-    endpoints = (select(*_values(JOB_FINISHED, Job.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id,
+    return _insert_deliveries(dialect, *_job_event_selects(now, [ids, Job.status.in_(list(FINISHED_STATUSES))]))
+
+
+def _job_event_selects(now: Any, which: list[ColumnElement[bool]]) -> tuple[Any, Any]:
+    """The deliveries of the jobs `which` selects: to their own webhook_url, and to their tenant's endpoints."""
+    event = _job_event_type()
+    own = select(*_values(event, Job.id, Job.webhook_url, null(), literal("", String()), Job.tenant, now)).where(
+        *which, Job.webhook_url.is_not(None))
+    endpoints = (select(*_values(event, Job.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id,
                                  Job.tenant, now))
                  .select_from(Job).join(WebhookEndpoint, WebhookEndpoint.tenant == Job.tenant)
-                 .where(*finished, _subscribed(JOB_FINISHED)))
-    return _insert_deliveries(dialect, own, endpoints)
+                 .where(*which, _subscribed(event)))
+    return own, endpoints
 
 
 def queue_batch_event(session: Session, *, batch_id: str) -> None:
-    """Queue `batch.finished` for the batch (to its own webhook_url and its tenant's subscribed
-    endpoints); call it in the transaction that ends the batch."""
+    """Queue the ended batch's event (batch.finished, batch.cancelled or batch.expired, by its status)
+    to its own webhook_url and its tenant's subscribed endpoints; call it in the transaction that ends it."""
     now = utcnow()
-    own = select(*_values(BATCH_FINISHED, Batch.id, Batch.webhook_url, null(), literal("", String()), Batch.tenant,
+    event = _batch_event_type()
+    own = select(*_values(event, Batch.id, Batch.webhook_url, null(), literal("", String()), Batch.tenant,
                           now)).where(Batch.id == batch_id, Batch.webhook_url.is_not(None))
-    endpoints = (select(*_values(BATCH_FINISHED, Batch.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id,
+    endpoints = (select(*_values(event, Batch.id, WebhookEndpoint.url, WebhookEndpoint.id, WebhookEndpoint.id,
                                  Batch.tenant, now))
                  .select_from(Batch).join(WebhookEndpoint, WebhookEndpoint.tenant == Batch.tenant)
-                 .where(Batch.id == batch_id, _subscribed(BATCH_FINISHED)))
+                 .where(Batch.id == batch_id, _subscribed(event)))
     _queue(session, own, endpoints)
 
 
@@ -238,8 +279,13 @@ def delete_endpoint(session: Session, *, endpoint_id: str, tenant: str | None = 
 
 
 __all__ = [
+    "BATCH_CANCELLED",
+    "BATCH_EXPIRED",
     "BATCH_FINISHED",
     "EVENT_TYPES",
+    "JOB_CANCELLED",
+    "JOB_EVENT_TYPES",
+    "JOB_EXPIRED",
     "JOB_FINISHED",
     "EndpointPresence",
     "add_endpoint",
@@ -251,6 +297,7 @@ __all__ = [
     "get_endpoint",
     "list_endpoints",
     "queue_batch_event",
+    "queue_batch_job_events",
     "queue_job_events",
     "record_attempt",
     "rotate_secret",

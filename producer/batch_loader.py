@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LINES_PER_TRANSACTION = 2000
+# Planner statistics are refreshed once this many lines are enqueued, then each time the count doubles
+# (10k, 20k, ..., 640k: 7 times for a million lines), so that they never lag far behind the table.
+ANALYZE_FROM_LINES = 10_000
 # The errors a failed batch reports (all bad lines are counted).
 MAX_REPORTED_ERRORS = 100
 INVALID_LINE_ERROR = "InvalidBatchLine"
@@ -164,6 +167,7 @@ def _enqueue_lines(context: LoaderContext, batch: Batch, owner: str, duplicates:
     """Pass 2: enqueue the lines after the last one enqueued, a transaction per chunk."""
     pending: list[ValidLine | BadLine] = []
     last = batch.loaded_lines
+    analyze_at = ANALYZE_FROM_LINES
     for number, raw in file_lines(context.sessions, batch.input_file_id, start_line=batch.loaded_lines + 1):
         last = number
         result = check_line(number, raw, registry=context.registry, limits=context.limits)
@@ -176,6 +180,10 @@ def _enqueue_lines(context: LoaderContext, batch: Batch, owner: str, duplicates:
             if not _enqueue(context, batch, owner, pending, last):
                 return
             pending = []
+            if last >= analyze_at:
+                with context.sessions.begin() as session:
+                    store.refresh_job_statistics(session)
+                analyze_at = 2 * last
     if _enqueue(context, batch, owner, pending, last):
         with context.sessions.begin() as session:
             store.end_batch(session, batch_id=batch.id, owner=owner, loaded=True)
@@ -196,6 +204,8 @@ def _enqueue(context: LoaderContext, batch: Batch, owner: str, lines: list[Valid
                   else JobStatus.EXPIRED if current.expires_at <= now else JobStatus.QUEUED)
         rows = [_job_row(current, line, status, now) for line in lines]
         store.insert_batch_jobs(session, rows=rows)
+        # Lines that end as they are inserted (a skipped bad line, a batch cancelled or expired) announce it now.
+        webhooks.queue_job_events(session, job_ids=[row["id"] for row in rows if row["status"] != JobStatus.QUEUED.value])
     queued = [(row["id"], row["model"], row["priority"]) for row in rows if row["status"] == JobStatus.QUEUED.value]
     try:
         context.publisher.publish_jobs(queued)

@@ -18,6 +18,9 @@ class BatchSettings(BaseSettings):
     lease_s: float = Field(60.0, gt=0)
     # Seconds between the gateway's passes over unfinished batches (resume, expire, finalize).
     drive_interval_s: float = Field(2.0, gt=0)
+    # An unfinished batch's request_counts are at most this old: each process counts a batch's jobs
+    # at most once per this many seconds, however often it is polled (0: on every read).
+    counts_ttl_s: float = Field(1.0, ge=0)
 
 
 __all__ = ["BatchSettings"]

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 from db import batches as store
 from db.engine import session_factory
 from db.models import FINAL_BATCH_STATUSES, Batch, BatchStatus, JobStatus, utcnow
+from producer.batch_counts import RecentCounts
 from producer.batch_errors import BatchInputError, BatchNotFoundError, BatchStateError
 from producer.batch_files import CHUNK_BYTES, FileView, delete_file, file_content, file_not_found, get_file, store_upload
 from producer.batch_finalizer import finalize_batch
@@ -174,6 +175,7 @@ class Batches:
         self.sessions = session_factory(client.database_url)
         self.context = LoaderContext(sessions=self.sessions, registry=client.registry, limits=client.settings.limits,
                                      publisher=client.publisher, lease=timedelta(seconds=self.settings.lease_s))
+        self.counts = RecentCounts(self.settings.counts_ttl_s)
 
     def for_client(self, client: Client) -> Batches:
         """These Batches (sharing settings and sessions) as `client`'s tenant, seeing what it sees."""
@@ -267,12 +269,12 @@ class Batches:
             if batch is None:
                 raise BatchNotFoundError(f"no batch with id {batch_id!r}", param="batch_id")
             final = batch.status in FINAL_BATCH_STATUSES
-            return BatchView.of(batch, None if final else store.batch_job_counts(session, batch_id=batch_id))
+            return BatchView.of(batch, None if final else self.counts.of(session, batch_id))
 
     def list_batches(self, *, limit: int = 20, after: str | None = None) -> BatchPage:
         with self.sessions() as session:
             rows = store.list_batches(session, limit=limit + 1, after=after, tenant=self._visible)
-            views = [BatchView.of(b, None if b.status in FINAL_BATCH_STATUSES else store.batch_job_counts(session, batch_id=b.id))
+            views = [BatchView.of(b, None if b.status in FINAL_BATCH_STATUSES else self.counts.of(session, b.id))
                      for b in rows[:limit]]
         return BatchPage(data=views, first_id=views[0].id if views else None, last_id=views[-1].id if views else None,
                          has_more=len(rows) > limit)

@@ -13,6 +13,7 @@ import click
 from tqdm import tqdm
 
 from producer.batch_cli import batch
+from producer.cli_client import cli_client
 from producer.contract import JobView
 from producer.errors import TextqError
 from producer.registry import load_registry
@@ -20,12 +21,6 @@ from producer.retry_cli import retry
 from producer.settings import producer_settings
 from producer.webhook_cli import webhooks
 from producer.worker_process import worker_command, worker_environment
-
-
-def _client() -> Any:
-    from producer.client import Client
-
-    return Client()
 
 
 def _print_view(view: JobView, as_json: bool) -> None:
@@ -162,7 +157,7 @@ def submit(
 ) -> None:
     """Submit TEXT (or every line of --file) and print the job id(s)."""
     requests = _json_lines(file) if file is not None else None  # a bad file fails before any connection
-    client = _client()
+    client = cli_client()
     if requests is not None:
         step = client.settings.jobs_per_message * 8
         ids = []
@@ -213,7 +208,7 @@ def _json_lines(path: Path) -> list[Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def get(job_id: str, as_json: bool) -> None:
     """Show a job: status, output or error, timings."""
-    _print_view(_client().get(job_id), as_json)
+    _print_view(cli_client().get(job_id), as_json)
 
 
 @cli.command()
@@ -222,14 +217,14 @@ def get(job_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def wait(job_id: str, timeout: float, as_json: bool) -> None:
     """Wait for a job to finish, then show it (exit 1 on timeout)."""
-    _print_view(_client().wait(job_id, timeout=timeout), as_json)
+    _print_view(cli_client().wait(job_id, timeout=timeout), as_json)
 
 
 @cli.command()
 @click.argument("job_id")
 def cancel(job_id: str) -> None:
     """Cancel a queued or running job."""
-    click.echo(_client().cancel(job_id).status)
+    click.echo(cli_client().cancel(job_id).status)
 
 
 @cli.command()
@@ -252,7 +247,7 @@ def status(as_json: bool) -> None:
 
     from producer.operations import cluster_status
 
-    report = cluster_status(_client())
+    report = cluster_status(cli_client())
     if as_json:
         click.echo(json.dumps(asdict(report), indent=2, default=to_jsonable_python))
         return
@@ -288,7 +283,7 @@ def purge(older_than: str) -> None:
         age = parse_age(older_than)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    click.echo(f"deleted {_client().purge_finished(age)} finished jobs older than {older_than}")
+    click.echo(f"deleted {cli_client().purge_finished(age)} finished jobs older than {older_than}")
 
 
 @cli.group()

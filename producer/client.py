@@ -310,7 +310,8 @@ class Client:
 
     def cancel(self, job_id: uuid.UUID | str) -> JobView:
         """Cancel a queued or running job; a finished job is returned unchanged."""
-        with self.sessions.begin() as session:
+        # A transaction (these sessions autocommit each statement): the cancel and its webhook events commit together.
+        with session_factory(self.database_url).begin() as session:
             store.cancel_job(session, job_id=_as_uuid(job_id), tenant=self.visible_tenant)
         return self.get(job_id)
 

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from db.models import utcnow
+from producer.cli_client import cli_client
 from producer.operations import parse_age
-
-
-def _client() -> Any:
-    from producer.client import Client
-
-    return Client()
 
 
 @click.command()
@@ -33,7 +26,7 @@ def retry(job_id: str | None, status: str | None, model: str | None, error_type:
     if job_id is not None and bulk:
         raise click.UsageError("give JOB_ID or filters (--status, --model, --error-type, --since), not both")
     if job_id is not None:
-        view = _client().retry(job_id)
+        view = cli_client().retry(job_id)
         click.echo(f"{view.id} {view.status} (previous error: {view.previous_error})")
         return
     if status is None:
@@ -42,7 +35,7 @@ def retry(job_id: str | None, status: str | None, model: str | None, error_type:
         finished_since = utcnow() - parse_age(since) if since is not None else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
-    count = _client().retry_matching(status=status, model=model, error_type=error_type, since=finished_since,
+    count = cli_client().retry_matching(status=status, model=model, error_type=error_type, since=finished_since,
                                      dry_run=dry_run)
     click.echo(count.describe())
 

@@ -148,9 +148,9 @@ def _no_secret() -> list[str]:
 
 
 def _payload(session: Session, delivery: WebhookDelivery) -> str:
-    """The event's body, rendered at its first attempt from the finished job or batch."""
+    """The event's body, rendered at its first attempt from the job or batch as it is then."""
     data: dict[str, object]
-    if delivery.event_type == ledger.JOB_FINISHED:
+    if delivery.event_type in ledger.JOB_EVENT_TYPES:
         job = store.get_job(session, job_id=uuid.UUID(delivery.subject_id))
         data = JobView.model_validate(job).model_dump(mode="json") if job else {"id": delivery.subject_id, "deleted": True}
     else:

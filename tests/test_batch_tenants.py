@@ -26,6 +26,7 @@ from tests import test_webhooks
 from tests.conftest import Backend, new_backend
 from tests.helpers import unique_text, wait_until
 from tests.live_gateway import serve
+from tests.test_cli import textq
 from tests.test_webhooks import Receiver
 
 # The webhook tests' receiver and senders (with their settings), shared.
@@ -204,6 +205,24 @@ def test_the_python_client_sees_its_tenants_batches_only(quiet_client: Client) -
     assert batch.id in {b.id for b in acme.batches.list_batches(limit=100).data}
     assert quiet_client.batches.get(batch.id).status == "in_progress"  # without a tenant: every tenant's
     assert acme.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+
+
+def test_the_cli_acts_for_one_tenant_with_tenant(quiet_client: Client, tmp_path: Any) -> None:
+    env = {"TEXTQ_DATABASE_URL": quiet_client.database_url, "TEXTQ_BROKER_URL": quiet_client.settings.broker_url}
+    path = tmp_path / "cli.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in _lines(2)))
+    submitted = textq("batch", "submit", str(path), "--json", "--tenant", ACME, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = json.loads(submitted.stdout)["id"]
+    assert _batch_tenants(quiet_client, batch_id) == {ACME}  # created as acme, its jobs too
+    assert quiet_client.for_tenant(ACME).batches.file(json.loads(submitted.stdout)["input_file_id"])
+    # Another tenant: not found, as an unknown id; not listed. Its own tenant acts on it.
+    hidden = textq("batch", "get", batch_id, "--tenant", GLOBEX, env=env)
+    assert hidden.returncode == 1 and f"no batch with id '{batch_id}'" in hidden.stderr, hidden.stderr
+    assert batch_id not in textq("batch", "list", "--limit", "100", "--tenant", GLOBEX, env=env).stdout
+    assert textq("batch", "cancel", batch_id, "--tenant", ACME, env=env).stdout.strip() in ("cancelling", "cancelled")
+    bad = textq("batch", "list", "--tenant", "no spaces", env=env)
+    assert bad.returncode == 2 and "tenant must be 1-" in bad.stderr
 
 
 # -- webhook endpoints ----------------------------------------------------------------------------

@@ -11,12 +11,14 @@ from typing import Any
 
 import openai
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from db.engine import session_factory
 from db.models import Job
 from producer import Client
 from producer.batch_errors import BatchStateError
+from producer.batch_settings import BatchSettings
+from producer.batches import Batches
 from producer.gateway import GatewaySettings, create_app
 from producer.worker_process import WorkerProcess
 from tests.conftest import Backend
@@ -221,3 +223,26 @@ def test_cli_submit_wait_get_list_results(worker: WorkerProcess, backend: Backen
     bad.write_bytes(jsonl([line("x", {"text": ""})]))
     refused = textq("batch", "submit", str(bad), env=backend.env)
     assert refused.returncode == 1 and "line 1 (custom_id 'x'): body.text: must not be empty" in refused.stdout
+
+
+def test_a_polled_batch_is_counted_once_per_moment_and_an_ended_one_never(isolated_backend: Backend) -> None:
+    """Counting reads every job of the batch: pollers share a recent count instead of one each."""
+    counted: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "GROUP BY jobs.status" in statement:
+            counted.append(statement)
+
+    with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
+        batches = Batches(client, BatchSettings(counts_ttl_s=60))
+        engine = batches.sessions.kw["bind"]
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            batch = batches.submit([line(f"q-{i}", {"text": unique_text(), "model": "echo"}) for i in range(3)])
+            views = [batches.get(batch.id) for _ in range(10)] + [batches.list_batches().data[0] for _ in range(10)]
+            assert len(counted) == 1
+            assert {(v.status, v.request_counts.total, v.request_counts.completed) for v in views} == {("in_progress", 3, 0)}
+            assert batches.cancel(batch.id).request_counts.failed == 3  # ended: its row's counts
+            assert batches.get(batch.id).status == "cancelled" and len(counted) == 1
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)

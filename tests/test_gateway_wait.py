@@ -4,15 +4,11 @@ answer within S, a finished job answers at once, and a caller that goes away lea
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from producer import Client
 from producer.gateway import GatewaySettings, create_app
 from producer.notify import FinishNotifier, channel, redis_for
 from producer.worker_process import WorkerProcess
+from tests import live_gateway
 from tests.conftest import Backend
 from tests.helpers import unique_text, wait_until
 
@@ -34,27 +31,9 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 MARGIN_S = 0.5
 
 
-@contextmanager
-def gateway_process(backend: Backend, tmp_path: Path, **env: str) -> Iterator[tuple[str, psutil.Process]]:
-    """`textq api` in a child process on a free port: (base URL, its process)."""
-    log_path = tmp_path / "gateway.log"
-    environment = {**os.environ, **backend.env, "TEXTQ_API_KEYS": KEY, **env}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", "from producer.cli import main; main()", "api", "--port", "0"],
-                                env=environment, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        found: list[str] = []
-
-        def listening() -> bool:
-            assert proc.poll() is None, log_path.read_text()
-            found[:] = re.findall(r"Uvicorn running on (http://\S+)", log_path.read_text())
-            return bool(found)
-
-        wait_until(listening, timeout=60, what="the gateway to listen")
-        yield found[0], psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+def gateway_process(backend: Backend, tmp_path: Path, **env: str) -> AbstractContextManager[tuple[str, psutil.Process]]:
+    """`textq api` over `backend` with this module's key: (base URL, its process)."""
+    return live_gateway.gateway_process({**backend.env, "TEXTQ_API_KEYS": KEY, **env}, tmp_path / "gateway.log")
 
 
 def _submit_queued(backend: Backend, count: int) -> list[str]:

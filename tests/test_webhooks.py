@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -15,16 +16,18 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from db import store
 from db.engine import session_factory
+from db.models import utcnow
 from producer import Client, InvalidJobError
 from producer.batch_errors import BatchInputError
 from producer.gateway import GatewaySettings, create_app
-from producer.webhook_endpoints import deliveries
+from producer.webhook_endpoints import EndpointRequest, deliveries, register
 from producer.webhook_sender import EXCERPT_CHARS, WebhookSender
 from producer.webhooks import WebhookSettings, new_secret, verify, webhook_settings
 from producer.worker_process import WorkerProcess
 from tests.conftest import Backend
-from tests.helpers import unique_text, wait_until
+from tests.helpers import computed_texts, unique_text, wait_until
 
 SECRET = new_secret()
 KEY = "hook-key-" + uuid.uuid4().hex
@@ -168,6 +171,100 @@ def test_batch_and_endpoint_webhooks_with_a_rotated_secret(
     (headers, body), = receiver.successes("/endpoint")
     assert len(headers["webhook-signature"].split()) == 2  # both secrets sign during the rotation
     assert verify(endpoint["secret"], headers, body) and verify(rotated["secret"], headers, body)
+
+
+ENDED_EVENTS = ["job.cancelled", "job.expired", "batch.cancelled", "batch.expired"]
+
+
+@contextmanager
+def sending(database_url: str, settings: WebhookSettings) -> Iterator[None]:
+    """A webhook sender over `database_url` while the block runs."""
+    stop = threading.Event()
+    thread = threading.Thread(target=WebhookSender(session_factory(database_url), settings).run_forever, args=(stop,),
+                              daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _events(receiver: Receiver, path: str) -> Counter[tuple[str, str, str]]:
+    """(type, subject id, its status) of each message delivered to `path`."""
+    found: Counter[tuple[str, str, str]] = Counter()
+    for _, body in receiver.successes(path):
+        event = json.loads(body)
+        found[(event["type"], str(event["data"]["id"]), event["data"]["status"])] += 1
+    return found
+
+
+def _batch_lines(n: int) -> list[dict[str, Any]]:
+    return [{"custom_id": f"l-{i}", "method": "POST", "url": "/v1/jobs", "body": {"text": unique_text(), "model": "echo"}}
+            for i in range(n)]
+
+
+def test_cancels_and_expiries_of_jobs_and_batches_send_their_events(
+    isolated_backend: Backend, receiver: Receiver, hook_env: WebhookSettings
+) -> None:
+    """No worker: every job stays queued until a cancel or an expiry ends it, each with its event,
+    queued in the transaction of the state change, to the own webhook_url and the tenant's endpoint."""
+    receiver.fail_first = 0
+    own = f"{receiver.url}/hook"
+    ledger = session_factory(isolated_backend.database_url)
+    with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as unscoped:
+        client = unscoped.for_tenant(f"hooks-{uuid.uuid4().hex[:8]}")
+        endpoint = register(ledger, hook_env, EndpointRequest(url=f"{receiver.url}/endpoint", events=ENDED_EVENTS),
+                            tenant=client.tenant)
+        cancelled = client.submit({"text": unique_text("cancel"), "model": "echo", "webhook_url": own})
+        assert client.cancel(cancelled.id).status == "cancelled"
+        # In the cancel's transaction: both deliveries exist as soon as the job reads cancelled.
+        assert {(d.event_type, d.endpoint_id) for d in deliveries(ledger, subject_id=str(cancelled.id))} == {
+            ("job.cancelled", None), ("job.cancelled", endpoint.id)}
+        overdue = client.submit({"text": unique_text("late"), "model": "echo", "webhook_url": own, "timeout": 0.05})
+        wait_until(lambda: utcnow() > (overdue.expires_at or utcnow()), what="the job's deadline")
+        with ledger.begin() as session:  # what each worker's sweeper does
+            assert store.expire_overdue_jobs(session) == 1
+        batch_cancelled = client.submit_batch(_batch_lines(3), webhook_url=own)
+        assert client.batches.cancel(batch_cancelled.id).status == "cancelled"
+        batch_expired = client.submit_batch(_batch_lines(3), webhook_url=own, completion_window="1s")
+        assert client.batches.wait(batch_expired.id, timeout=30, poll_interval=0.1).status == "expired"
+        job_ids = {b.id: [str(r["response"]["request_id"]) for r in client.batches.results(b.id)]
+                   for b in (batch_cancelled, batch_expired)}
+        ended = {("job.cancelled", str(cancelled.id), "cancelled"), ("job.expired", str(overdue.id), "expired"),
+                 ("batch.cancelled", batch_cancelled.id, "cancelled"), ("batch.expired", batch_expired.id, "expired")}
+        their_jobs = {("job.cancelled", j, "cancelled") for j in job_ids[batch_cancelled.id]} | {
+            ("job.expired", j, "expired") for j in job_ids[batch_expired.id]}
+        with sending(isolated_backend.database_url, hook_env):
+            wait_until(lambda: set(_events(receiver, "/hook")) == ended
+                       and set(_events(receiver, "/endpoint")) == ended | their_jobs, timeout=30, what="every event")
+    assert set(_events(receiver, "/hook").values()) == set(_events(receiver, "/endpoint").values()) == {1}
+    for headers, body in receiver.successes("/hook"):
+        assert verify(SECRET, headers, body)
+    for headers, body in receiver.successes("/endpoint"):
+        assert endpoint.secret is not None and verify(endpoint.secret, headers, body)
+
+
+def test_a_job_cancelled_while_it_runs_and_one_expired_at_its_claim_send_one_event_each(
+    worker: WorkerProcess, client: Client, receiver: Receiver, senders: list[WebhookSender], backend: Backend
+) -> None:
+    receiver.fail_first = 0
+    own = f"{receiver.url}/worker-hook"
+    text = unique_text("running")
+    running = client.submit({"text": text, "model": "slow", "webhook_url": own})
+    wait_until(lambda: client.get(running.id).status == "running", what="the slow job to run")
+    assert client.cancel(running.id).status == "cancelled"
+    # A deadline that passes before any worker can claim the job: it ends expired unrun.
+    late = client.submit({"text": unique_text("late"), "model": "slow", "webhook_url": own, "timeout": 0.001})
+    after = client.submit({"text": unique_text("after"), "model": "slow"})
+    # The slow model's batches are written in order: once `after` is written, the cancelled one's batch was.
+    assert [v.status for v in client.wait_many([late.id, after.id], timeout=60)] == ["expired", "succeeded"]
+    assert computed_texts("slow")[text] == 1  # it ran; its result was discarded
+    wait_until(lambda: len(receiver.successes("/worker-hook")) == 2, timeout=30, what="two events")
+    assert _events(receiver, "/worker-hook") == Counter({("job.cancelled", str(running.id), "cancelled"): 1,
+                                                        ("job.expired", str(late.id), "expired"): 1})
+    ledger = session_factory(backend.database_url)
+    assert [d.event_type for d in deliveries(ledger, subject_id=str(running.id))] == ["job.cancelled"]
 
 
 @pytest.mark.parametrize(("url", "rule"), [
