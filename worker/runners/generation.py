@@ -17,7 +17,6 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from worker.runners.chunking import token_bounded
 
-
 # Chat templates' end-of-turn markers, where a model's configured EOS is another token.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>")
 
