@@ -105,7 +105,8 @@ def _runner(name: str, source: str, kind: str, max_new_tokens: int) -> Any:
     from producer.registry import ModelSpec
     from worker.runners.causal_lm import CausalLM
 
-    runner = CausalLM(ModelSpec(name=f"{name}-{kind}", kind=kind, runner="hf_causal_lm", source=source,  # type: ignore[arg-type]
+    spec_name = re.sub(r"[^a-z0-9_-]+", "-", f"{name}-{kind}".lower())  # a registry name: no dots
+    runner = CausalLM(ModelSpec(name=spec_name, kind=kind, runner="hf_causal_lm", source=source,  # type: ignore[arg-type]
                                 max_batch_size=8, max_batch_tokens=8192, max_input_tokens=1024,
                                 options={"max_new_tokens": max_new_tokens}))
     runner.setup()
