@@ -4,7 +4,9 @@
 
 Same prompts, same model (the default `abstractive`, SmolLM2-135M-Instruct), the same greedy
 settings and token-bounded groups; then the light-load latency of one summary. Prints a table of
-generated tokens/s, jobs/s and the ratio to raw.
+generated tokens/s, jobs/s and the ratio to raw. Raw runs before and after the textq modes (the
+model stays loaded in this process), and the ratios are to the mean of the two: on a shared machine
+one raw run alone can be far off.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ def _spec(max_new_tokens: int) -> dict[str, Any]:
     return spec.model_copy(update={"options": {**spec.options, "max_new_tokens": max_new_tokens}}).model_dump()
 
 
-def raw_generate(spec: dict[str, Any], texts: Sequence[str]) -> Result:
-    """The model alone, in this process: the same prompts through one batched `generate` per group."""
+def raw_generate(spec: dict[str, Any], texts: Sequence[str]) -> Callable[[], Result]:
+    """The model alone, in this process: the same prompts through one batched `generate` per group.
+    Loads the model and warms it up; each call of the returned function is one timed run."""
     import torch
 
     from producer.contract import SummarizeInput
@@ -66,11 +69,15 @@ def raw_generate(spec: dict[str, Any], texts: Sequence[str]) -> Result:
     prompts = [Prompt(ids=runner._prompt_ids(summary_messages(x.text, max_words=None, max_sentences=x.max_sentences)),
                       max_new_tokens=runner.max_new_tokens(x), deadline=float("inf")) for x in inputs]
     runner.generator.run([Prompt(ids=prompts[0].ids, max_new_tokens=2, deadline=float("inf"))])  # warm-up, untimed
-    started = time.perf_counter()
-    results = runner.generator.run(prompts)
-    seconds = time.perf_counter() - started
-    tokens = sum(r.generated_tokens for r in results if isinstance(r, Generated))
-    return Result("raw generate (batched)", len(texts), tokens, seconds)
+
+    def run() -> Result:
+        started = time.perf_counter()
+        results = runner.generator.run(prompts)
+        seconds = time.perf_counter() - started
+        tokens = sum(r.generated_tokens for r in results if isinstance(r, Generated))
+        return Result("raw generate (batched)", len(texts), tokens, seconds)
+
+    return run
 
 
 def _through_textq(mode: str, client: Any, texts: Sequence[str], submit: Callable[[Any, list[dict[str, Any]]], list[Any]],
@@ -123,21 +130,24 @@ def main(argv: list[str] | None = None) -> int:
     with BenchEnvironment(args.database) as env:
         spec = _spec(args.max_new_tokens)
         env.models_file.write_text(json.dumps([spec]))
-        rows = [raw_generate(spec, texts)]
+        raw_run = raw_generate(spec, texts)
+        raw_before = raw_run()
         worker = textq_worker(env.env, MODEL, log_path=env.root / "worker.log")
         worker.start(timeout=600)  # a first run converts the GGUF file
         try:
-            rows += _textq_rows(env, texts, args.timeout)
+            rows = _textq_rows(env, texts, args.timeout)
             latencies = _latencies(env, texts[: args.latency_runs], args.timeout)
         finally:
             worker.stop()
+        raw_after = raw_run()
 
-    raw = rows[0]
-    print(f"\n{args.n} summaries, max_new_tokens={args.max_new_tokens}, {args.database}\n")
+    raw_tokens_per_s = (raw_before.tokens_per_s + raw_after.tokens_per_s) / 2
+    print(f"\n{args.n} summaries, max_new_tokens={args.max_new_tokens}, {args.database}; raw runs before and "
+          f"after the textq modes, ratios to their mean\n")
     print("| mode | jobs | generated tokens | s | tokens/s | jobs/s | vs raw |\n|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row.mode} | {row.jobs} | {row.generated_tokens} | {row.seconds:.1f} | {row.tokens_per_s:.1f} | "
-              f"{row.jobs_per_s:.2f} | {row.tokens_per_s / raw.tokens_per_s:.2f}x |")
+    for row, label in [(raw_before, " (before)"), (raw_after, " (after)"), *((r, "") for r in rows)]:
+        print(f"| {row.mode}{label} | {row.jobs} | {row.generated_tokens} | {row.seconds:.1f} | {row.tokens_per_s:.1f} | "
+              f"{row.jobs_per_s:.2f} | {row.tokens_per_s / raw_tokens_per_s:.2f}x |")
     print(f"\nlight load, one summary: median {statistics.median(latencies):.2f} s over {len(latencies)} runs "
           f"(min {min(latencies):.2f}, max {max(latencies):.2f})")
     return 0

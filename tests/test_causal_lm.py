@@ -17,8 +17,9 @@ from tests.conftest import MODELS_FILE
 from tests.tiny_llm import CHAIN_LENGTH, GREEDY_FILE
 from worker.runners import create_runner
 from worker.runners.causal_lm import CausalLM, InputTooLongError
-from worker.runners.chunking import split_by_tokens, token_bounded, token_windows
+from worker.runners.chunking import pack_consecutive, reduce_groups, split_by_tokens, token_bounded, token_windows
 from worker.runners.generation import GenerationTimeLimitError, Prompt
+from worker.runners.prompts import is_no_answer
 from worker.runners.question_answering import ExtractiveQA
 
 LONG_TEXT = " ".join(f"Sentence number {i} says the quick brown fox jumps over the lazy dog." for i in range(120))
@@ -119,16 +120,49 @@ def test_long_summary_is_map_reduced_over_chunks_and_truncate_keeps_the_first(ll
     assert (cut["chunks"], cut["truncated"], cut["generated_tokens"]) == (1, True, CHAIN_LENGTH + 1)
 
 
-def test_an_answer_context_longer_than_the_window_fails_alone_unless_truncated(tiny_models: Path) -> None:
+def test_a_long_answer_context_is_answered_per_chunk_then_combined(tiny_models: Path, greedy: str) -> None:
     answer = _runner("tiny-llm-answer")
-    too_long, cut, fine = answer.predict([
+    chunked, cut, short = answer.predict([
         AnswerInput(question="What jumps?", context=LONG_TEXT),
         AnswerInput(question="What jumps?", context=LONG_TEXT, truncate=True),
         AnswerInput(question="What jumps?", context="The fox jumps."),
     ])
-    assert isinstance(too_long, InputTooLongError) and "truncate=true" in str(too_long)
-    assert isinstance(cut, dict) and cut["truncated"] and cut["chunks"] == 1
+    assert isinstance(chunked, dict) and chunked["chunks"] > 2 and not chunked["truncated"]
+    # The tiny model answers in every chunk, so every chunk's answer is kept, and more generations combine them.
+    assert chunked["answered_in_chunks"] == list(range(chunked["chunks"]))
+    generations, rest = divmod(chunked["generated_tokens"], CHAIN_LENGTH + 1)
+    assert generations > chunked["chunks"] and rest == 0
+    assert (chunked["answer"], chunked["finish_reason"]) == (greedy, "stop")
+    assert isinstance(cut, dict) and (cut["chunks"], cut["truncated"], cut["answered_in_chunks"]) == (1, True, [0])
+    assert isinstance(short, dict) and (short["chunks"], short["answered_in_chunks"], short["answer"]) == (1, [0], greedy)
+
+
+def test_max_new_tokens_that_leave_no_room_for_the_text_fail_alone(tiny_models: Path) -> None:
+    too_long, fine = _runner("tiny-llm-answer").predict([
+        AnswerInput(question="What jumps?", context="The fox jumps.", max_new_tokens=400),
+        AnswerInput(question="What jumps?", context="The fox jumps."),
+    ])
+    assert isinstance(too_long, InputTooLongError) and "max_new_tokens=400" in str(too_long)
     assert isinstance(fine, dict) and fine["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(("reply", "says_no"), [
+    ("I don't know.", True), ("I do not know the answer", True), ("i don’t know", True), ("", True),
+    ("The context does not mention the price.", True), ("It is not stated in the text.", True),
+    ("12 million dollars.", False), ("I know: it costs 12 million dollars.", False), ("The fox jumps.", False),
+])
+def test_replies_that_say_the_chunk_holds_no_answer_are_recognised(reply: str, says_no: bool) -> None:
+    assert is_no_answer(reply) is says_no
+
+
+def test_reduce_groups_pack_consecutive_parts_and_always_shrink() -> None:
+    def fits(group: list[str]) -> bool:
+        return sum(map(len, group)) <= 6
+
+    assert reduce_groups(["ab", "cd", "ef", "gh"], fits) == [["ab", "cd", "ef"], ["gh"]]
+    assert reduce_groups(["abcdef", "ghijkl", "mnopqr"], fits) == [["abcdef", "ghijkl"], ["mnopqr"]]  # pairs
+    assert reduce_groups(["abcdefgh"], fits) == [["abcdefgh"]]
+    assert pack_consecutive([4, 1, 1, 9, 2], lambda g: sum(g) <= 6) == [[4, 1, 1], [9], [2]]
 
 
 def test_a_job_past_its_time_limit_fails_with_a_clear_error(tiny_models: Path) -> None:

@@ -52,10 +52,18 @@ def test_a_20000_character_document_is_chunked_not_truncated(client: Client, gre
         client.classify(DOCUMENT_20K, model="sentiment"),
         client.embed(DOCUMENT_20K),
         client.classify(DOCUMENT_20K, model="sentiment", truncate=True),
+        client.summarize(DOCUMENT_20K, max_sentences=2),
+        client.summarize(DOCUMENT_20K, model="tiny-seq2seq"),
+        client.answer("How much will it cost?", context=DOCUMENT_20K, model="tiny-llm-answer"),
     ]
-    summary, sentiment, embedding, cut = client.wait_many([j.id for j in jobs], timeout=120)
-    assert summary.status == "succeeded" and summary.output["chunks"] > 3 and not summary.output["truncated"]
+    views = client.wait_many([j.id for j in jobs], timeout=120)
+    assert [v.status for v in views] == ["succeeded"] * len(jobs), [v.error_message for v in views]
+    summary, sentiment, embedding, cut, extractive, seq2seq, answer = views
+    assert summary.output["chunks"] > 3 and not summary.output["truncated"]
     assert summary.output["summary"] == greedy
+    assert extractive.output["chunks"] > 3 and len(extractive.output["sentences"]) == 2
+    assert seq2seq.output["chunks"] > 3 and not seq2seq.output["truncated"]
+    assert answer.output["chunks"] > 3 and answer.output["answer"] == greedy
     assert sentiment.output["chunks"] > 3 and sentiment.output["aggregation"] == "mean_logits"
     assert embedding.output["chunks"] > 3 and embedding.output["aggregation"].startswith("mean")
     assert (cut.output["chunks"], cut.output["truncated"]) == (1, True)

@@ -16,7 +16,7 @@ import redis
 
 from producer import Client
 from producer.limits import Limits, record_limits, recorded_limits
-from producer.worker_process import READY_MARK, WorkerProcess
+from producer.worker_process import READY_MARK, WorkerProcess, worker_environment
 from tests.conftest import TEST_ROOT, Backend, new_backend
 from tests.faults.conftest import free_port
 from tests.test_cli import textq
@@ -101,6 +101,20 @@ def test_importing_the_worker_app_has_no_side_effects() -> None:
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr  # neither the model list nor the models file is read
     assert result.stdout.strip() == "None"
+
+
+def test_only_a_worker_that_serves_only_generation_models_keeps_openmp_spinning(tmp_path: Path) -> None:
+    def spin(base: dict[str, str], models: list[str] | None = None) -> str | None:
+        return worker_environment(base, models=models).get("GOMP_SPINCOUNT")
+
+    assert spin({}, ["abstractive", "translate", "answer"]) is None  # GNU OpenMP's default
+    assert spin({"TEXTQ_WORKER_MODELS": "answer"}) is None
+    assert spin({}, ["sentiment", "abstractive"]) == spin({}) == spin({}, ["embed"]) == "10000"
+    assert spin({"GOMP_SPINCOUNT": "7"}, ["abstractive"]) == "7"  # a value already set wins
+    models = tmp_path / "models.json"
+    models.write_text(json.dumps([{"name": "t5", "kind": "summarize", "runner": "hf_seq2seq", "source": "x"}]))
+    assert spin({"TEXTQ_MODELS_FILE": str(models)}, ["t5"]) is None
+    assert spin({"TEXTQ_MODELS_FILE": str(tmp_path / "missing.json")}, ["abstractive"]) == "10000"
 
 
 def test_worker_check_names_an_unreachable_broker(sqlite_backend: Backend) -> None:

@@ -1,7 +1,8 @@
 """`hf_causal_lm`: abstractive summaries, translations and grounded answers from a chat causal LM.
 
 A batch's jobs become prompts (a long text becomes several: summaries map-reduce over chunks,
-translations translate chunk by chunk), generated together in length-sorted, token-bounded groups
+translations translate chunk by chunk, answers are sought in each chunk and the chunks' answers
+combined), generated together in length-sorted, token-bounded groups
 (worker/runners/generation.py). A job past its time limit fails alone with a clear error.
 """
 
@@ -20,9 +21,16 @@ from producer.contract import AnswerInput, GenerationInput, JobInput, SummarizeI
 from producer.languages import language_name
 from producer.registry import ModelSpec
 from worker.runners.base import CHARS_PER_TOKEN, Runner, input_chars, max_length, resolve_source
-from worker.runners.chunking import Chunks, split_by_tokens
+from worker.runners.chunking import Chunks, reduce_groups, split_by_tokens
 from worker.runners.generation import Generated, GenerationTimeLimitError, Generator, Prompt
-from worker.runners.prompts import Messages, answer_messages, summary_messages, translation_messages
+from worker.runners.prompts import (
+    Messages,
+    answer_messages,
+    combine_answers_messages,
+    is_no_answer,
+    summary_messages,
+    translation_messages,
+)
 
 DEFAULTS: dict[str, float] = {"max_new_tokens": 128, "job_time_limit_s": 120.0, "chunk_overlap_tokens": 32}
 # Rough tokens per English word, to turn a summary's max_words into max_new_tokens.
@@ -32,7 +40,7 @@ EDGE_MARGIN = 8
 
 
 class InputTooLongError(ValueError):
-    """An input that cannot be chunked (an answer's context) is longer than the model's window."""
+    """A request whose max_new_tokens leaves no room for its text in the model's window."""
 
 
 _shared_models: dict[tuple[str, str, str], Any] = {}
@@ -58,6 +66,8 @@ class _Job:
     deadline: float
     chunks: Chunks
     partials: list[Generated] = field(default_factory=list)
+    # An answer's chunks whose own answer was kept (the others said the answer is not in them).
+    answered_in: list[int] | None = None
     error: Exception | None = None
     prompt_tokens: int = 0
     generated_tokens: int = 0
@@ -96,8 +106,11 @@ class CausalLM(Runner):
         start = time.monotonic()
         jobs = [self._start(job_input, start) for job_input in batch]
         self._run_stage(jobs, [self._first_prompts(job) for job in jobs])
-        # Summaries of several chunks are summarized again, until one remains (map-reduce).
-        while reducing := [j for j in jobs if j.error is None and isinstance(j.input, SummarizeInput)
+        for job in jobs:
+            self._keep_answers(job)
+        # Summaries of several chunks are summarized again, and the answers found in several chunks
+        # combined, until one remains (map-reduce).
+        while reducing := [j for j in jobs if j.error is None and isinstance(j.input, SummarizeInput | AnswerInput)
                            and len(j.partials) > 1]:
             self._run_stage(reducing, [self._reduce_prompts(job) for job in reducing])
         return [job.error if job.error is not None else self._output(job) for job in jobs]
@@ -120,14 +133,10 @@ class CausalLM(Runner):
         return split_by_tokens(self.tokenizer, job_input.text, budget, overlap, truncate=bool(job_input.truncate))
 
     def _answer_context(self, job_input: AnswerInput) -> Chunks:
+        """A long context in overlapping chunks, so that an answer cut by one chunk's edge is whole in the next."""
         budget = self._text_budget(answer_messages(job_input.question, ""), job_input)
-        chunks = split_by_tokens(self.tokenizer, job_input.context, budget, 0, truncate=bool(job_input.truncate))
-        if len(chunks.texts) > 1:
-            raise InputTooLongError(
-                f"context is longer than model {self.spec.name!r} reads with this question "
-                f"({budget} tokens of context): send a shorter context, or truncate=true to cut it to that length"
-            )
-        return chunks
+        return split_by_tokens(self.tokenizer, job_input.context, budget, int(self.options["chunk_overlap_tokens"]),
+                               truncate=bool(job_input.truncate))
 
     def _text_budget(self, empty_prompt: Messages, job_input: JobInput) -> int:
         budget = self.window - len(self._prompt_ids(empty_prompt)) - self.max_new_tokens(job_input) - EDGE_MARGIN
@@ -150,24 +159,27 @@ class CausalLM(Runner):
     def _first_prompts(self, job: _Job) -> list[Messages]:
         return [self._messages(job.input, text) for text in job.chunks.texts] if job.error is None else []
 
+    def _keep_answers(self, job: _Job) -> None:
+        """Of an answer's chunks, keep the answers of those that hold one (all say no: the first says so)."""
+        if job.error is not None or not isinstance(job.input, AnswerInput) or len(job.partials) < 2:
+            return
+        found = [i for i, p in enumerate(job.partials) if not is_no_answer(p.text)]
+        job.answered_in = found
+        job.partials = [job.partials[i] for i in found] or job.partials[:1]
+
     def _reduce_prompts(self, job: _Job) -> list[Messages]:
-        """Consecutive partial summaries packed into as few prompts as the window allows."""
-        assert isinstance(job.input, SummarizeInput)
-        summary_input = job.input
+        """Consecutive partial summaries (or a long context's answers) packed into as few prompts as the window allows."""
+        job_input = job.input
 
         def prompt(texts: list[str]) -> Messages:
-            return summary_messages("\n\n".join(texts), max_words=summary_input.max_words,
-                                    max_sentences=summary_input.max_sentences, partial=True)
+            if isinstance(job_input, AnswerInput):
+                return combine_answers_messages(job_input.question, texts)
+            assert isinstance(job_input, SummarizeInput)
+            return summary_messages("\n\n".join(texts), max_words=job_input.max_words,
+                                    max_sentences=job_input.max_sentences, partial=True)
 
-        budget = self.window - self.max_new_tokens(summary_input)
-        groups: list[list[str]] = []
-        for part in (p.text for p in job.partials):
-            if groups and len(self._prompt_ids(prompt([*groups[-1], part]))) <= budget:
-                groups[-1].append(part)
-            else:
-                groups.append([part])
-        if len(groups) == len(job.partials):  # no two fit together: keep the pairs' halves in the window
-            groups = [[p.text for p in job.partials[i : i + 2]] for i in range(0, len(job.partials), 2)]
+        budget = self.window - self.max_new_tokens(job_input)
+        groups = reduce_groups([p.text for p in job.partials], lambda g: len(self._prompt_ids(prompt(g))) <= budget)
         return [prompt(group) for group in groups]
 
     def _run_stage(self, jobs: list[_Job], messages: list[list[Messages]]) -> None:
@@ -213,7 +225,9 @@ class CausalLM(Runner):
         if isinstance(job.input, TranslateInput):
             return {"translation": text, "target_language": job.input.target_language,
                     "source_language": job.input.source_language, **usage}
-        return {"answer": text, **usage}
+        # The chunks whose answer was kept: several are combined into one by the model (docs/models.md).
+        answered_in = job.answered_in if job.answered_in is not None else [] if is_no_answer(text) else [0]
+        return {"answer": text, **usage, "answered_in_chunks": answered_in}
 
 
 __all__ = ["CausalLM", "InputTooLongError", "shared_model"]

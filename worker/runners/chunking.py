@@ -6,9 +6,11 @@ keeps the first window alone. Every output says how many chunks it used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,4 +74,26 @@ def token_bounded(sizes: Sequence[int], *, max_tokens: int, max_items: int) -> l
     return groups
 
 
-__all__ = ["Chunks", "split_by_tokens", "token_bounded", "token_windows"]
+def pack_consecutive(items: Sequence[T], fits: Callable[[list[T]], bool]) -> list[list[T]]:
+    """`items` in order, packed into as few consecutive groups as `fits` allows (an item that does not
+    fit even alone still gets a group of its own)."""
+    groups: list[list[T]] = []
+    for item in items:
+        if groups and fits([*groups[-1], item]):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def reduce_groups(parts: Sequence[T], fits: Callable[[list[T]], bool]) -> list[list[T]]:
+    """The groups of one reduce step of a map-reduce: consecutive partial results packed as `fits` allows.
+    Each step must shrink the list, or the reduction would never end: when no two parts fit together,
+    they go in pairs (each pair is then read cut at the model's window)."""
+    groups = pack_consecutive(parts, fits)
+    if len(groups) == len(parts) > 1:
+        groups = [list(parts[i : i + 2]) for i in range(0, len(parts), 2)]
+    return groups
+
+
+__all__ = ["Chunks", "pack_consecutive", "reduce_groups", "split_by_tokens", "token_bounded", "token_windows"]

@@ -17,6 +17,9 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from worker.runners.chunking import token_bounded
 
+# Chat templates' end-of-turn markers, where a model's configured EOS is another token.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>")
+
 
 class GenerationTimeLimitError(TimeoutError):
     """A job's generation ran past its model's per-job time limit (options.job_time_limit_s)."""
@@ -134,15 +137,17 @@ class Generator:
 
 
 def end_of_turn_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Token ids that end the assistant's turn: the model's and tokenizer's EOS, and ChatML's <|im_end|>."""
+    """Token ids that end the assistant's turn: the model's and tokenizer's EOS, ChatML's <|im_end|> and
+    Gemma's <end_of_turn>."""
     ids: set[int] = set()
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
+    for marker in END_OF_TURN_TOKENS:
+        token_id = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
     if not ids:
         raise ValueError("the model defines no end-of-turn token (eos_token_id): generation would never stop")
     return ids

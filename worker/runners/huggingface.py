@@ -1,4 +1,8 @@
-"""Generic Hugging Face runners (hub id or directory): sequence classifier and seq2seq summarizer."""
+"""Generic Hugging Face runners (hub id or directory): sequence classifier and seq2seq summarizer.
+
+A text longer than the window is chunked: the classifier averages its chunks' logits, the summarizer
+map-reduces (each chunk summarized, then the summaries, until one remains).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequence
 from producer.contract import ClassifyInput, SummarizeInput
 from worker.runners.backends import BackendError, Forward, load_forward
 from worker.runners.base import Runner, label_scores, max_length, resolve_source
-from worker.runners.chunking import split_by_tokens
+from worker.runners.chunking import reduce_groups, split_by_tokens
 from worker.runners.embeddings import CHUNK_OVERLAP_TOKENS, describe_chunks
 
 
@@ -53,6 +57,8 @@ class Seq2SeqSummarizer(Runner):
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self.model: Any = AutoModelForSeq2SeqLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         self.max_tokens = max_length(self.tokenizer, self.spec, self.model.config)
+        # A chunk's tokens: the window less the special tokens the tokenizer adds (T5's </s>).
+        self.window = self.max_tokens - self.tokenizer.num_special_tokens_to_add()
 
     def encode(self, texts: list[str]) -> Any:
         return self.tokenizer(
@@ -61,12 +67,37 @@ class Seq2SeqSummarizer(Runner):
             return_token_type_ids=False,
         ).to(self.device)
 
-    @torch.inference_mode()
     def predict(self, batch: list[SummarizeInput]) -> list[dict[str, Any]]:
-        generated = self.model.generate(
-            **self.encode([x.text for x in batch]),
-            max_new_tokens=int(self.spec.options.get("max_new_tokens", 64)),
-            num_beams=int(self.spec.options.get("num_beams", 1)),
-            do_sample=False,
-        )
-        return [{"summary": s.strip()} for s in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        overlap = int(self.spec.options.get("chunk_overlap_tokens", CHUNK_OVERLAP_TOKENS))
+        chunks = [split_by_tokens(self.tokenizer, x.text, self.window, overlap, truncate=bool(x.truncate))
+                  for x in batch]
+        parts = self._summarize([c.texts for c in chunks])
+        # Summaries of several chunks are summarized again, until one remains (map-reduce).
+        while any(len(p) > 1 for p in parts):
+            groups = [reduce_groups(p, self._fits) if len(p) > 1 else [] for p in parts]
+            reduced = self._summarize([["\n\n".join(g) for g in job_groups] for job_groups in groups])
+            parts = [r if len(p) > 1 else p for p, r in zip(parts, reduced, strict=True)]
+        return [{"summary": p[0], **c.describe()} for p, c in zip(parts, chunks, strict=True)]
+
+    def _fits(self, summaries: list[str]) -> bool:
+        joined = "\n\n".join(summaries)
+        return len(self.tokenizer(joined, add_special_tokens=False)["input_ids"]) <= self.window
+
+    @torch.inference_mode()
+    def _summarize(self, texts_per_job: list[list[str]]) -> list[list[str]]:
+        """Each job's texts summarized, every job's together in batches of at most `max_batch_size`."""
+        flat = [t for texts in texts_per_job for t in texts]
+        summaries: list[str] = []
+        for start in range(0, len(flat), self.spec.max_batch_size):
+            generated = self.model.generate(
+                **self.encode(flat[start : start + self.spec.max_batch_size]),
+                max_new_tokens=int(self.spec.options.get("max_new_tokens", 64)),
+                num_beams=int(self.spec.options.get("num_beams", 1)),
+                do_sample=False,
+            )
+            summaries += [s.strip() for s in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        per_job, offset = [], 0
+        for texts in texts_per_job:
+            per_job.append(summaries[offset : offset + len(texts)])
+            offset += len(texts)
+        return per_job

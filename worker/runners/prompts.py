@@ -43,13 +43,42 @@ def translation_messages(text: str, *, target: str, source: str | None) -> Messa
     ]
 
 
+# What the answer prompts tell the model to reply when the context does not hold the answer.
+NO_ANSWER = "I don't know"
+# Replies that say the same in other words (small models paraphrase the instruction).
+_NO_ANSWER_REPLY = re.compile(
+    r"^\W*i\s+(do\s*n[o'’]?t|cannot|can[’']?t)\s+(know|find|answer|tell|say)"
+    r"|\b(context|text|document)\s+(does|do)\s*n[o'’]?t\s+(say|mention|contain|provide|include|state|specify)"
+    r"|\bnot\s+(mentioned|stated|provided|given|specified)\s+in\s+the\s+(context|text|document)",
+    re.IGNORECASE,
+)
+
+
 def answer_messages(question: str, context: str) -> Messages:
     return [
         {"role": "system", "content": "Answer the question from the context between <context> and </context> only. "
-                                      f"{_DATA_RULE} If the context does not hold the answer, reply: I don't know. "
+                                      f"{_DATA_RULE} If the context does not hold the answer, reply: {NO_ANSWER}. "
                                       "Answer briefly."},
         {"role": "user", "content": f"{wrap('context', context)}\n\nQuestion: {question.strip()}"},
     ]
 
 
-__all__ = ["Messages", "answer_messages", "summary_messages", "translation_messages", "wrap"]
+def combine_answers_messages(question: str, answers: list[str]) -> Messages:
+    """The reduce step of a long context: answers found in different parts of one document, made one."""
+    listed = "\n".join(f"- {a.strip()}" for a in answers)
+    return [
+        {"role": "system", "content": "The user gives answers to one question, each found in a different part of one "
+                                      "document, between <context> and </context>. "
+                                      f"{_DATA_RULE} Reply with one brief answer to the question that agrees with "
+                                      "them; if they disagree, give the one that answers the question best."},
+        {"role": "user", "content": f"{wrap('context', listed)}\n\nQuestion: {question.strip()}"},
+    ]
+
+
+def is_no_answer(text: str) -> bool:
+    """Whether a generated answer says that its context does not hold the answer."""
+    return not text.strip() or _NO_ANSWER_REPLY.search(text) is not None
+
+
+__all__ = ["NO_ANSWER", "Messages", "answer_messages", "combine_answers_messages", "is_no_answer", "summary_messages",
+           "translation_messages", "wrap"]
