@@ -17,6 +17,8 @@ from typing import Any
 from bench.corpus import mixed_length_texts
 from bench.measure import Row, combine
 from bench.report import write_json
+from producer.registry import ModelSpec
+from worker.batcher import WINDOW_BATCHES
 from worker.runners.chunking import token_bounded
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -30,9 +32,9 @@ modes:
   vanilla-arrival   plain transformers: tokenize, forward, mean-pool in batches of --batch-size in
                     arrival order (what a user writes by hand: the reference, 1.00x)
   vanilla-sorted    the same with the texts sorted by length first
-  textq-BACKEND     the runner's predict() on each backend, batched as textq's batcher does: claims
-                    of max_batch_size in arrival order, each sorted by length and split by
-                    max_batch_tokens
+  textq-BACKEND     the runner's predict() on each backend, batched as a busy textq batcher does:
+                    claims of WINDOW_BATCHES x max_batch_size in arrival order, each sorted by
+                    length and cut by max_batch_tokens and max_batch_size
 
 Each repeat runs every mode once, in turn, so machine load hits them alike; numbers are medians.
 Label agreement with textq-torch is measured on the same corpus (classification models).
@@ -82,12 +84,15 @@ class Vanilla:
                 torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
 
 
-def textq_groups(lengths: Sequence[int], claim_size: int, token_budget: int) -> list[list[int]]:
-    """Index groups as the batcher forms them: claims in arrival order, each cut by worker's token_bounded."""
+def textq_groups(lengths: Sequence[int], spec: ModelSpec) -> list[list[int]]:
+    """Index groups as a busy batcher forms them: claims of WINDOW_BATCHES batches in arrival order,
+    each sorted and cut by the worker's token_bounded."""
+    window = WINDOW_BATCHES * spec.max_batch_size
     groups: list[list[int]] = []
-    for start in range(0, len(lengths), claim_size):
-        claim = lengths[start : start + claim_size]
-        groups += [[start + i for i in group] for group in token_bounded(claim, max_tokens=token_budget, max_items=len(claim))]
+    for start in range(0, len(lengths), window):
+        claim = lengths[start : start + window]
+        groups += [[start + i for i in group]
+                   for group in token_bounded(claim, max_tokens=spec.max_batch_tokens, max_items=spec.max_batch_size)]
     return groups
 
 
@@ -126,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(runners.values()))
     vanilla = Vanilla(resolve_source(spec.source), first.max_tokens)  # type: ignore[attr-defined]
     token_lengths = [len(ids) for ids in vanilla.tokenizer(texts, truncation=True, max_length=first.max_tokens)["input_ids"]]
-    groups = textq_groups([first.estimate_tokens(x) for x in inputs], spec.max_batch_size, spec.max_batch_tokens)
+    groups = textq_groups([first.estimate_tokens(x) for x in inputs], spec)
 
     outputs: dict[str, list[dict[str, Any]]] = {}
 

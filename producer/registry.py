@@ -52,6 +52,9 @@ class ModelSpec(BaseModel):
     max_batch_tokens: int = Field(16_384, ge=1)
     max_wait_ms: float = Field(5.0, ge=0)
     max_input_tokens: int | None = Field(None, ge=1)
+    # Reuse the output of an identical succeeded job (same tenant, model version, task and input)
+    # instead of computing it: for deterministic models (docs/backends.md#result-cache).
+    result_cache: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
     @property
