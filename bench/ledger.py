@@ -30,6 +30,8 @@ class Timings:
     p50_run_ms: float
     # jobs per claim: rows claimed together share started_at, so this is the mean batch size
     mean_batch: float
+    # jobs answered by the result cache (models with one)
+    cache_hits: int = 0
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -69,6 +71,7 @@ class Ledger:
         latency per job from created_at to finished_at."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(Job.status, Job.created_at, Job.started_at, Job.finished_at)).all()
+            hits = conn.execute(select(func.count()).where(Job.cached_from.is_not(None))).scalar_one()
 
         def ms(pairs: list[tuple[datetime | None, datetime | None]]) -> list[float]:
             return sorted((b - a).total_seconds() * 1000 for a, b in pairs if a is not None and b is not None)
@@ -89,6 +92,7 @@ class Ledger:
             p50_wait_ms=percentile(ms([(c, st) for _, c, st, _ in rows]), 50),
             p50_run_ms=percentile(ms([(st, f) for _, _, st, f in rows]), 50),
             mean_batch=len(rows) / max(len({st for _, _, st, _ in rows if st is not None}), 1),
+            cache_hits=int(hits),
         )
 
     def close(self) -> None:

@@ -271,5 +271,5 @@ def _row(mode: str, model: str, t: Timings, rss_mb: float) -> Row:
                p99_ms=t.p99_ms, peak_rss_mb=rss_mb,
                extra={"succeeded": t.succeeded, "unfinished": t.unfinished, "elapsed_s": round(t.elapsed_s, 3),
                       "p50_wait_ms": round(t.p50_wait_ms, 1), "p50_run_ms": round(t.p50_run_ms, 1),
-                      "mean_batch": round(t.mean_batch, 1),
+                      "mean_batch": round(t.mean_batch, 1), "cache_hits": t.cache_hits,
                       "load": round(os.getloadavg()[0], 2)})

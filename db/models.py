@@ -119,6 +119,8 @@ class Job(Base):
     previous_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     retried_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     retried_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A result cache hit (db/result_cache.py): the job that computed the output this job reused.
+    cached_from: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
 
     __table_args__ = (
         CheckConstraint(
@@ -149,6 +151,25 @@ class Job(Base):
         Index("ix_jobs_batch_status", "batch_id", "status",
               postgresql_where=text("batch_id IS NOT NULL"), sqlite_where=text("batch_id IS NOT NULL")),
     )
+
+
+class CachedResult(Base):
+    """A succeeded job's output, for later jobs that ask the same model version the same thing
+    (opt-in per model: `result_cache` in its spec). Keyed by a hash, so the table holds no input text."""
+
+    __tablename__ = "result_cache"
+
+    # sha256 of tenant, model spec, model version, task and input (worker/result_cache.py).
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The job that computed `output` (it may have been purged since).
+    source_job_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    output: Mapped[Any] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # Pruning by age and count goes per model, oldest first.
+    __table_args__ = (Index("ix_result_cache_model_created", "model", "created_at"),)
 
 
 class Worker(Base):

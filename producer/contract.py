@@ -26,6 +26,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    computed_field,
     field_validator,
 )
 
@@ -305,8 +306,15 @@ class JobView(BaseModel):
     previous_error: str | None = None
     retried_attempts: int = 0
     retried_at: datetime | None = None
+    # A result cache hit: the job whose output this one reused, uncomputed (docs/backends.md#result-cache).
+    cached_from: uuid.UUID | None = None
 
     model_config = ConfigDict(from_attributes=True)
+
+    @computed_field  # type: ignore[prop-decorator]  # in model_dump and the HTTP schema
+    @property
+    def cache_hit(self) -> bool:
+        return self.cached_from is not None
 
     @property
     def done(self) -> bool:

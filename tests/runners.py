@@ -129,6 +129,18 @@ class GatedRunner(BatchRecordingRunner):
         return super().predict(batch)
 
 
+class SteppedRunner(BatchRecordingRunner):
+    """Runs one batch per `step.release()` from the test (waits at most 30 s for it)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.step = threading.Semaphore(0)
+
+    def predict(self, batch: list[Any]) -> list[dict[str, Any]]:
+        self.step.acquire(timeout=30)
+        return super().predict(batch)
+
+
 class RetryingRunner(BatchRecordingRunner):
     """Raises `Retry` for a batch with "RETRY" in a text, with the delay a "DELAY=<seconds>" in that
     text names (none: the policy's backoff). A text with "ONCE" in it is retried only the first time

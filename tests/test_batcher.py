@@ -27,6 +27,7 @@ from tests.runners import (
     MemoryHungryRunner,
     MiscountingRunner,
     RetryingRunner,
+    SteppedRunner,
 )
 from worker.batcher import Batcher
 from worker.retry import RetryPolicy
@@ -156,6 +157,33 @@ def test_token_budget_splits_length_sorted_groups(pipeline: PipelineFactory) -> 
             assert len(group) * max(tokens(t) for t in group) <= budget, group
     assert any(len(group) == 1 and tokens(group[0]) > budget for group in groups), "too long alone still runs"
     assert [row.status for row in p.rows(ids)] == ["succeeded"] * len(ids)
+
+
+def test_jobs_already_waiting_are_sorted_across_batches_before_they_are_cut(pipeline: PipelineFactory) -> None:
+    p = pipeline(BatchRecordingRunner, start=False, max_batch_size=4)
+    lengths = [93, 1, 41, 5, 201, 13, 9, 65, 29, 17, 149, 21]  # a long text in every arrival batch of 4
+    job_texts = [f"{n:03d}" + "x" * n for n in lengths]
+    ids = p.submit(*job_texts)
+    p.batcher.hand_in(ids)  # all waiting: one claim looks at up to WINDOW_BATCHES batches
+    p.batcher.start()
+    assert p.batcher.wait_idle(timeout=30)
+    by_length = sorted(job_texts, key=len)
+    assert [batch for _, batch in p.runner.batches] == [by_length[0:4], by_length[4:8], by_length[8:12]]
+
+
+def test_a_window_is_written_batch_by_batch_while_the_rest_computes(pipeline: PipelineFactory) -> None:
+    p = pipeline(SteppedRunner, start=False, max_batch_size=2)
+    ids = p.submit(*texts("step", 6))
+    p.batcher.hand_in(ids)
+    p.batcher.start()
+    p.runner.step.release()  # the first batch of the window only
+    wait_until(lambda: [row.status for row in p.rows(ids)].count("succeeded") == 2, timeout=10,
+               what="the first batch written before the next one runs")
+    assert [row.status for row in p.rows(ids)].count("running") == 4
+    for _ in range(2):
+        p.runner.step.release()
+    assert p.batcher.wait_idle(timeout=30)
+    assert [row.status for row in p.rows(ids)] == ["succeeded"] * 6
 
 
 def test_a_bad_input_fails_alone_and_the_rest_succeed(pipeline: PipelineFactory) -> None:

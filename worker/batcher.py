@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -26,18 +26,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import store, webhooks
 from db.models import utcnow
-from db.store import Outcome
+from db.result_cache import NewEntry
+from db.store import Outcome, OutcomeKind
 from producer.contract import JobInput, parse_job_input
 from producer.errors import InvalidJobError
 from producer.limits import DEFAULT_LIMITS, Limits
+from worker.result_cache import ResultCache
 from worker.retry import Retry, RetryPolicy
 from worker.runners.base import Runner
 from worker.runners.chunking import token_bounded
 
 log = logging.getLogger(__name__)
 
-# Jobs in hand per batch slot before hand_in blocks: a batch per stage plus one forming, no more.
-HIGH_WATER_BATCHES = 6
+# A claim takes, past its first max_batch_size jobs, what is already waiting, up to this many batches:
+# sorted by length before it is cut into groups, a larger window pads far less on mixed-length
+# traffic (docs/backends.md). Nothing waits to fill it, so light load still claims small batches.
+WINDOW_BATCHES = 4
+# Jobs in hand, in windows, before hand_in blocks: one computing, one claimed, one forming, no more.
+HIGH_WATER_WINDOWS = 3
 # While no batch comes, the runner's between-batch upkeep (a version switch) still runs this often.
 UPKEEP_INTERVAL_S = 1.0
 
@@ -47,6 +53,7 @@ class _Item:
     claim: store.ClaimedJob
     input: JobInput
     tokens: int
+    cache_key: str | None = None  # models with a result cache only
 
 
 @dataclass(slots=True)
@@ -67,6 +74,8 @@ class _Write:
     computed: int
     seconds: float
     settled: list[uuid.UUID] = field(default_factory=list)
+    # Computed jobs whose outputs the result cache keeps, once they are recorded as succeeded.
+    remember: list[NewEntry] = field(default_factory=list)
 
 
 class Batcher:
@@ -90,6 +99,7 @@ class Batcher:
         on_release: Callable[[Sequence[Outcome]], None] | None = None,
         torch_threads: int | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        result_cache: ResultCache | None = None,
     ) -> None:
         self.runner = runner
         self.limits = limits
@@ -102,7 +112,9 @@ class Batcher:
         self.on_claim = on_claim
         self.on_release = on_release
         self.torch_threads = torch_threads
-        self.high_water = HIGH_WATER_BATCHES * self.spec.max_batch_size
+        self.result_cache = result_cache
+        self.window = WINDOW_BATCHES * self.spec.max_batch_size
+        self.high_water = HIGH_WATER_WINDOWS * self.window
         self._inbox: queue.SimpleQueue[uuid.UUID | None] = queue.SimpleQueue()
         # One claimed batch waits while the model runs another: claims stay one batch ahead.
         self._claimed: queue.Queue[_Claimed | None] = queue.Queue(maxsize=1)
@@ -177,8 +189,9 @@ class Batcher:
         # Under light load (the last batch was a single job) waiting only adds latency.
         wait_s = self.spec.max_wait_ms / 1000 if self._last_batch_size > 1 else 0.0
         deadline = time.monotonic() + wait_s
-        while len(ids) < self.spec.max_batch_size:
-            remaining = deadline - time.monotonic()
+        while len(ids) < self.window:
+            # Up to a batch, waiting out max_wait_ms; past it, only what is already waiting.
+            remaining = deadline - time.monotonic() if len(ids) < self.spec.max_batch_size else 0.0
             try:
                 job_id = self._inbox.get(timeout=remaining) if remaining > 0 else self._inbox.get_nowait()
             except queue.Empty:
@@ -229,18 +242,19 @@ class Batcher:
                 continue
 
     def _run_batch(self, batch: _Claimed) -> None:
-        self._writes.put(self._compute(batch.items, list(batch.failures)))
+        for write in self._compute(batch.items, list(batch.failures)):
+            self._writes.put(write)
         # Jobs tried before may have killed a worker: each runs alone, after the batch is committed.
         if batch.suspects:
             self._writes.join()
         for job_id in batch.suspects:
-            write = self._compute(*self._parse(self._claim({job_id}, first_attempt_only=False)))
-            if write.outcomes:
+            for write in self._compute(*self._parse(self._claim({job_id}, first_attempt_only=False))):
                 self._writes.put(write)
                 self._writes.join()
 
-    def _compute(self, items: list[_Item], outcomes: list[Outcome]) -> _Write:
-        """Run `items` in length-sorted, token-bounded groups; `outcomes` gets theirs appended."""
+    def _compute(self, items: list[_Item], outcomes: list[Outcome]) -> Iterator[_Write]:
+        """Run `items` in length-sorted, token-bounded groups; a write per `max_batch_size` outcomes or
+        so (a window's first results are written while the rest compute). `outcomes` go with the first."""
         # Claimed a batch ahead, a job may pass its deadline while it waits: it ends unrun.
         now = utcnow()
         runnable: list[_Item] = []
@@ -250,11 +264,61 @@ class Batcher:
             else:
                 runnable.append(item)
         runnable.sort(key=lambda item: item.tokens)
-        started = time.perf_counter()
-        for runner, same_version in self._by_version(runnable, outcomes):
-            for group in self._token_bounded(same_version):
-                outcomes.extend(self._predict_isolating(group, runner))
-        return _Write(outcomes, len(runnable), time.perf_counter() - started)
+        by_version = self._by_version(runnable, outcomes)
+        remember: list[NewEntry] = []
+        computed, started = 0, time.perf_counter()
+        for runner, same_version in by_version:
+            todo, followers = self._from_cache(runner, same_version, outcomes)
+            for group in self._token_bounded(todo):
+                done = self._predict_isolating(group, runner)
+                remember += _entries(group, done)
+                outcomes += done + self._followers_of(done, followers, runner, remember)
+                computed += len(group)
+                if len(outcomes) >= self.spec.max_batch_size:
+                    yield _Write(outcomes, computed, time.perf_counter() - started, remember=remember)
+                    outcomes, remember, computed, started = [], [], 0, time.perf_counter()
+        if outcomes:
+            yield _Write(outcomes, computed, time.perf_counter() - started, remember=remember)
+
+    def _from_cache(self, runner: Runner, items: list[_Item],
+                    outcomes: list[Outcome]) -> tuple[list[_Item], dict[uuid.UUID, list[_Item]]]:
+        """The items to compute; `outcomes` gets those the result cache answers. Identical items of
+        one window are computed once: the first (its id keys the dict) answers the rest after it."""
+        if self.result_cache is None:
+            return items, {}
+        for item in items:
+            item.cache_key = self.result_cache.key(item.claim, item.input, runner.version)
+        hits = self.result_cache.lookup({item.cache_key for item in items if item.cache_key is not None})
+        todo: list[_Item] = []
+        first: dict[str | None, _Item] = {}
+        followers: dict[uuid.UUID, list[_Item]] = {}
+        for item in items:
+            hit = hits.get(item.cache_key or "")
+            if hit is not None:
+                outcomes.append(Outcome.succeeded(item.claim, hit.output, model_version=hit.model_version,
+                                                  cached_from=hit.source_job_id))
+            elif item.cache_key in first:
+                followers.setdefault(first[item.cache_key].claim.id, []).append(item)
+            else:
+                first[item.cache_key] = item
+                todo.append(item)
+        return todo, followers
+
+    def _followers_of(self, done: list[Outcome], followers: dict[uuid.UUID, list[_Item]], runner: Runner,
+                      remember: list[NewEntry]) -> list[Outcome]:
+        """Outcomes of the items identical to those just computed: the same output if it succeeded;
+        computed themselves if not (an error of the first is not theirs to share)."""
+        outcomes: list[Outcome] = []
+        for first in done:
+            waiting = followers.pop(first.id, [])
+            if first.kind is OutcomeKind.SUCCEEDED:
+                outcomes += [Outcome.succeeded(item.claim, first.output, model_version=first.model_version,
+                                               cached_from=first.id) for item in waiting]
+            elif waiting:
+                computed = self._predict_isolating(waiting, runner)
+                remember += _entries(waiting, computed)
+                outcomes += computed
+        return outcomes
 
     def _by_version(self, items: list[_Item], outcomes: list[Outcome]) -> list[tuple[Runner, list[_Item]]]:
         """Items grouped by the runner of the version they run on (a job may pin one); a job whose
@@ -271,7 +335,8 @@ class Batcher:
 
     def _token_bounded(self, items: list[_Item]) -> list[list[_Item]]:
         """Split items, shortest first, so that padded size (count x longest) stays in budget."""
-        groups = token_bounded([item.tokens for item in items], max_tokens=self.spec.max_batch_tokens, max_items=len(items))
+        groups = token_bounded([item.tokens for item in items], max_tokens=self.spec.max_batch_tokens,
+                                max_items=self.spec.max_batch_size)
         return [[items[i] for i in group] for group in groups]
 
     def _predict_isolating(self, items: list[_Item], runner: Runner) -> list[Outcome]:
@@ -311,7 +376,7 @@ class Batcher:
         while (write := self._writes.get()) is not None:
             try:
                 if write.outcomes:
-                    self._record(write.outcomes, write.computed, write.seconds)
+                    self._record(write)
             except Exception:
                 log.exception("could not write %d %s outcomes; their leases will expire and they run again",
                               len(write.outcomes), self.spec.name)
@@ -326,22 +391,26 @@ class Batcher:
                 self._writes.task_done()
         self._writes.task_done()
 
-    def _record(self, outcomes: list[Outcome], computed: int, elapsed: float) -> None:
+    def _record(self, write: _Write) -> None:
         """Write a batch's finished and released outcomes in one transaction; writer thread."""
-        finished = [o for o in outcomes if o.finished]
-        released = [o for o in outcomes if not o.finished]
+        finished = [o for o in write.outcomes if o.finished]
+        released = [o for o in write.outcomes if not o.finished]
 
-        def write() -> None:
+        def transaction() -> None:
             with self.sessions.begin() as session:
                 store.finish_jobs(session, outcomes=finished)
                 store.release_jobs(session, outcomes=released)
                 # In the result's transaction: never lost. Skipped (no statement) when nothing would be queued.
                 everyone = self._endpoints.any(session)
                 webhooks.queue_job_events(session, job_ids=[o.id for o in finished if everyone or o.webhook])
+                if self.result_cache is not None:
+                    self.result_cache.remember(session, write.remember)
 
-        self.policy.with_retries(write, what=f"write {self.spec.name} results")
+        self.policy.with_retries(transaction, what=f"write {self.spec.name} results")
+        if self.result_cache is not None:
+            self.result_cache.prune_if_due()
         if self.on_batch is not None:
-            self.on_batch(finished, computed, elapsed)
+            self.on_batch(finished, write.computed, write.seconds)
         if self.on_release is not None and released:
             self.on_release(released)
 
@@ -376,6 +445,12 @@ class Batcher:
                 continue
             items.append(_Item(claim, job_input, tokens))
         return items, failures
+
+
+def _entries(items: list[_Item], outcomes: list[Outcome]) -> list[NewEntry]:
+    """Result cache entries for the computed items that succeeded (models with a cache only)."""
+    return [NewEntry(item.cache_key, o.id) for item, o in zip(items, outcomes, strict=True)
+            if item.cache_key is not None and o.kind is OutcomeKind.SUCCEEDED]
 
 
 def _describe(exc: Exception) -> str:

@@ -26,12 +26,13 @@ from db.models import JobStatus, utcnow
 from db.settings import DatabaseSettings
 from producer.broker import Publisher
 from producer.notify import FinishNotifier
-from producer.registry import Registry, load_registry
+from producer.registry import ModelSpec, Registry, load_registry
 from producer.settings import ProducerSettings, producer_settings
 from worker import metrics
 from worker.batcher import Batcher
 from worker.delayed_publish import DelayedPublisher
 from worker.heartbeat import Heartbeat, dead_after
+from worker.result_cache import CacheLimits, ResultCache
 from worker.runners import create_runner
 from worker.settings import WorkerSettings
 from worker.startup import check_limits, model_load_error, wait_for_database
@@ -99,6 +100,13 @@ class WorkerRuntime:
         self._sweeper.start()
         self._retries.start()
 
+    def _result_cache(self, spec: ModelSpec) -> ResultCache | None:
+        if not spec.result_cache:
+            return None
+        limits = CacheLimits(max_entries=self.settings.result_cache_max_entries,
+                             max_age=timedelta(seconds=self.settings.result_cache_max_age_s))
+        return ResultCache(spec, self.sessions, limits)
+
     def _load_model(self, name: str) -> None:
         spec = self.registry.get(name)
         log.info("loading model %s (runner %s, source %s)", name, spec.runner, spec.source)
@@ -115,6 +123,7 @@ class WorkerRuntime:
             on_claim=partial(metrics.observe_claims, name),
             torch_threads=self.settings.torch_threads,
             limits=self.limits,
+            result_cache=self._result_cache(spec),
         )
         batcher.start()  # loads the model in its own thread
         self.batchers[name] = batcher

@@ -37,6 +37,10 @@ class WorkerSettings(BaseSettings):
     fast_commits: bool = True
     # Where `onnx` / `onnx-int8` models are exported once and loaded from (docs/backends.md).
     onnx_cache: Path = Field(default_factory=lambda: default_cache_dir() / "onnx")
+    # Models with `result_cache` in their spec keep at most this many entries each, none older than
+    # this; older entries are never reused and are deleted about every minute (worker/result_cache.py).
+    result_cache_max_entries: int = Field(100_000, ge=1)
+    result_cache_max_age_s: float = Field(7 * 24 * 3600.0, gt=0)
     # Serve Prometheus metrics on this port (0: off). One port per worker process.
     metrics_port: int = Field(0, ge=0, le=65535)
     # Seconds a starting worker waits for its database before it exits non-zero (never says ready).
