@@ -71,9 +71,13 @@ def run_demo(timeout: float = 300.0) -> None:
         env = {"TEXTQ_BROKER_URL": broker_url, "TEXTQ_DATABASE_URL": database_url}
         os.environ.update(env)
         click.echo("starting a worker (loads the models once)...")
-        with WorkerProcess(env=env), Client(database_url=database_url, broker_url=broker_url) as client:
-            jobs = client.submit_many(SAMPLES)
-            views = client.wait_many([j.id for j in jobs], timeout=timeout)
+        worker = WorkerProcess(env=env).start(timeout=600)  # a first run converts the GGUF models: minutes
+        try:
+            with Client(database_url=database_url, broker_url=broker_url) as client:
+                jobs = client.submit_many(SAMPLES)
+                views = client.wait_many([j.id for j in jobs], timeout=timeout)
+        finally:
+            worker.stop()
         click.echo(render_table(views, [str(s["text"]) for s in SAMPLES]))
         failed = [v for v in views if v.status != "succeeded"]
         if failed:
