@@ -67,7 +67,7 @@ class _Job:
     deadline: float
     chunks: Chunks
     partials: list[Generated] = field(default_factory=list)
-    # An answer's chunks whose own answer was kept (the others said the answer is not in them).
+    # An answer's chunks whose own answer was kept (the others said no, or were not grounded in their chunk).
     answered_in: list[int] | None = None
     error: Exception | None = None
     prompt_tokens: int = 0
