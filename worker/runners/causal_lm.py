@@ -28,6 +28,7 @@ from worker.runners.prompts import (
     answer_messages,
     combine_answers_messages,
     is_no_answer,
+    kept_answers,
     summary_messages,
     translation_messages,
 )
@@ -66,7 +67,7 @@ class _Job:
     deadline: float
     chunks: Chunks
     partials: list[Generated] = field(default_factory=list)
-    # An answer's chunks whose own answer was kept (the others said the answer is not in them).
+    # An answer's chunks whose own answer was kept (the others said no, or were not grounded in their chunk).
     answered_in: list[int] | None = None
     error: Exception | None = None
     prompt_tokens: int = 0
@@ -160,12 +161,12 @@ class CausalLM(Runner):
         return [self._messages(job.input, text) for text in job.chunks.texts] if job.error is None else []
 
     def _keep_answers(self, job: _Job) -> None:
-        """Of an answer's chunks, keep the answers of those that hold one (all say no: the first says so)."""
+        """Of an answer's chunks, keep the answers read there (all say no: the first chunk's reply stands)."""
         if job.error is not None or not isinstance(job.input, AnswerInput) or len(job.partials) < 2:
             return
-        found = [i for i, p in enumerate(job.partials) if not is_no_answer(p.text)]
-        job.answered_in = found
-        job.partials = [job.partials[i] for i in found] or job.partials[:1]
+        kept = kept_answers([p.text for p in job.partials], job.chunks.texts)
+        job.answered_in = kept
+        job.partials = [job.partials[i] for i in kept] or job.partials[:1]
 
     def _reduce_prompts(self, job: _Job) -> list[Messages]:
         """Consecutive partial summaries (or a long context's answers) packed into as few prompts as the window allows."""

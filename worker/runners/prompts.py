@@ -80,5 +80,28 @@ def is_no_answer(text: str) -> bool:
     return not text.strip() or _NO_ANSWER_REPLY.search(text) is not None
 
 
-__all__ = ["NO_ANSWER", "Messages", "answer_messages", "combine_answers_messages", "is_no_answer", "summary_messages",
-           "translation_messages", "wrap"]
+_WORD = re.compile(r"[^\W_]+")
+# Share of an answer's content words that must occur in its context for the answer to count as read there.
+GROUNDED_SHARE = 0.8
+
+
+def grounded_share(answer: str, context: str) -> float:
+    """The share of the answer's content words (3+ letters, or numbers) that occur in the context."""
+    words = [w.casefold() for w in _WORD.findall(answer) if len(w) >= 3 or w.isdigit()]
+    if not words:
+        return 0.0
+    known = {w.casefold() for w in _WORD.findall(context)}
+    return sum(w in known for w in words) / len(words)
+
+
+def kept_answers(answers: list[str], contexts: list[str]) -> list[int]:
+    """Of the answers found in each chunk of one context, the indices of those to combine: not a
+    "don't know", and grounded in their own chunk; when none is grounded, the best-grounded one alone."""
+    found = [i for i, a in enumerate(answers) if not is_no_answer(a)]
+    shares = {i: grounded_share(answers[i], contexts[i]) for i in found}
+    grounded = [i for i in found if shares[i] >= GROUNDED_SHARE]
+    return grounded or ([max(found, key=lambda i: shares[i])] if found else [])
+
+
+__all__ = ["GROUNDED_SHARE", "NO_ANSWER", "Messages", "answer_messages", "combine_answers_messages", "grounded_share",
+           "is_no_answer", "kept_answers", "summary_messages", "translation_messages", "wrap"]
