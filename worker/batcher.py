@@ -1,8 +1,9 @@
 """The per-model pipeline: a claimer, a batcher (the only thread that touches the model) and a writer.
 
-The claimer gathers handed-in ids into batches and claims them, the batcher runs the model on
-length-sorted, token-bounded groups, the writer records the outcomes; each stays one batch ahead
-of the next, so the model never waits for the database.
+The claimer gathers handed-in ids into windows of up to a few batches and claims them, the batcher
+sorts each window by length and runs the model on token-bounded groups (answering from the result
+cache first, for models that keep one), the writer records the outcomes batch by batch; each stays
+one window ahead of the next, so the model never waits for the database.
 
 It needs no Celery, Redis or worker process: `Batcher(runner, sessions, lease=...)`, `start()`,
 `hand_in(ids)`, `wait_idle()` or `stop()`, then read the rows (tests/test_batcher.py does).
@@ -116,7 +117,7 @@ class Batcher:
         self.window = WINDOW_BATCHES * self.spec.max_batch_size
         self.high_water = HIGH_WATER_WINDOWS * self.window
         self._inbox: queue.SimpleQueue[uuid.UUID | None] = queue.SimpleQueue()
-        # One claimed batch waits while the model runs another: claims stay one batch ahead.
+        # One claimed window waits while the model runs another: claims stay one window ahead.
         self._claimed: queue.Queue[_Claimed | None] = queue.Queue(maxsize=1)
         # Two writes may wait: if the database falls further behind, the model waits for it.
         self._writes: queue.Queue[_Write | None] = queue.Queue(maxsize=2)

@@ -28,10 +28,6 @@ ONNX_PACKAGES = {"onnxruntime": "runs the model", "onnx": "reads and quantizes t
 INT8_OPS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "QAttention", "DynamicQuantizeLinear"})
 # Per-channel 7-bit weights: the closest labels to fp32 of the settings tried on MiniLM (docs/backends.md).
 INT8_OPTIONS: dict[str, Any] = {"per_channel": True, "reduce_range": True}
-# What `auto` (the built-in models' backend) runs on a CPU: the fastest backend whose labels agree
-# with torch fp32 on the quality sets, as measured by python -m bench.backends (docs/backends.md).
-# On CUDA it is torch (fp16/bf16 per dtype, SDPA attention).
-AUTO_CPU_BACKEND = "onnx"
 
 
 class BackendError(RuntimeError):
@@ -72,28 +68,19 @@ class OnnxForward:
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that runs on `device`: `auto` is torch on CUDA and AUTO_CPU_BACKEND elsewhere."""
-    if backend != "auto":
-        return backend
-    return "torch" if device.type == "cuda" else AUTO_CPU_BACKEND
-
-
 def load_forward(spec: ModelSpec, source: str, *, auto_class: Any, output: str,
                  device: torch.device, dtype: torch.dtype, input_names: list[str]) -> Forward:
     """The forward pass of `source` on `spec.backend`; ONNX backends export on the first load only."""
-    backend = resolve_backend(spec.backend, device)
-    log.info("model %s runs on backend %s (%s)", spec.name, backend, device)
-    if backend == "torch":
+    if spec.backend == "torch":
         return TorchForward(auto_class.from_pretrained(source, dtype=dtype).to(device).eval(), output)
-    if backend == "onnx-int8" and device.type != "cpu":
+    if spec.backend == "onnx-int8" and device.type != "cpu":
         raise BackendError(f"model {spec.name!r}: backend 'onnx-int8' runs on the CPU only (ONNX Runtime has no "
                            f"CUDA kernels for dynamic int8 quantization); use backend 'onnx' or device 'cpu'")
-    modules = {name: require(name, backend) for name in ONNX_PACKAGES}
+    modules = {name: require(name, spec.backend) for name in ONNX_PACKAGES}
     model_dir = local_model_dir(source)
     cache = OnnxCache.from_settings()
     exported = _ensure_onnx(cache, model_dir, auto_class=auto_class, output=output, input_names=input_names)
-    path = exported if backend == "onnx" else _ensure_int8(cache, exported, spec, modules["onnx"])
+    path = exported if spec.backend == "onnx" else _ensure_int8(cache, exported, spec, modules["onnx"])
     return OnnxForward(_session(modules["onnxruntime"], path, device, spec.name))
 
 
@@ -191,5 +178,4 @@ def _session(ort: ModuleType, path: Path, device: torch.device, model_name: str)
                            f"{path.parent} to export it again") from exc
 
 
-__all__ = ["AUTO_CPU_BACKEND", "BackendError", "Forward", "OnnxForward", "TorchForward", "load_forward", "require",
-           "resolve_backend"]
+__all__ = ["BackendError", "Forward", "OnnxForward", "TorchForward", "load_forward", "require"]

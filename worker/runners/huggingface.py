@@ -50,7 +50,7 @@ class SequenceClassifier(Runner):
 
 class Seq2SeqSummarizer(Runner):
     def setup(self) -> None:
-        if self.spec.backend not in ("torch", "auto"):
+        if self.spec.backend != "torch":
             raise BackendError(f"model {self.spec.name!r}: backend {self.spec.backend!r} serves encoder runners only; "
                                f"runner {self.spec.runner!r} runs on 'torch'")
         path = resolve_source(self.spec.source)
