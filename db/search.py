@@ -41,8 +41,9 @@ def search_jobs(
 ) -> SearchPage:
     """Up to `limit` jobs whose text contains `text` (case-insensitive), among the `window` newest jobs
     that match the other filters after `after`."""
+    candidates = newest_first(matching, after=after)
     # The LIMIT inside keeps the planner on the (created_at, id) index: the text test cannot move in.
-    scanned = aliased(Job, newest_first(matching, after=after).limit(window).subquery("scanned"))
+    scanned = aliased(Job, candidates.limit(window).subquery("scanned"))
     stmt = (select(scanned).where(func.lower(scanned.input["text"].as_string()).contains(text.lower(), autoescape=True))
             .order_by(scanned.created_at.desc(), scanned.id.desc()).limit(limit))
     with time_limit(session, time_limit_s):
@@ -50,7 +51,7 @@ def search_jobs(
         if len(jobs) == limit:
             return SearchPage(jobs, PagePosition(jobs[-1].created_at, jobs[-1].id))
         # The window's last job, and whether any job lies beyond it (else this was the last page).
-        edge = session.execute(newest_first(matching, after=after).with_only_columns(Job.created_at, Job.id)
+        edge = session.execute(candidates.with_only_columns(Job.created_at, Job.id)
                                .offset(window - 1).limit(2)).all()
     return SearchPage(jobs, PagePosition(*edge[0]) if len(edge) == 2 else None)
 

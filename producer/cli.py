@@ -349,8 +349,8 @@ def console(models: str | None, host: str, port: int) -> None:
     from producer.console.serve import serve_console
     from producer.local_stack import local_stack, stop_on_signals
 
-    with stop_on_signals(), local_stack(models=models.split(",") if models else None) as stack:
-        serve_console(stack.client, host=host, port=port)
+    with stop_on_signals(), local_stack(models=models.split(",") if models else None) as client:
+        serve_console(client, host=host, port=port)
 
 
 @cli.command()

@@ -58,9 +58,9 @@ def render_table(views: Sequence[JobView], texts: Sequence[str]) -> str:
 
 def run_demo(timeout: float = 300.0, *, keep: bool = False, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the sample jobs and print their table; with `keep`, then serve the console until a stop signal."""
-    with stop_on_signals(), local_stack() as stack:
-        jobs = stack.client.submit_many(SAMPLES)
-        views = stack.client.wait_many([j.id for j in jobs], timeout=timeout)
+    with stop_on_signals(), local_stack() as client:
+        jobs = client.submit_many(SAMPLES)
+        views = client.wait_many([j.id for j in jobs], timeout=timeout)
         click.echo(render_table(views, [str(s["text"]) for s in SAMPLES]))
         failed = [v for v in views if v.status != "succeeded"]
         if failed:
@@ -71,4 +71,4 @@ def run_demo(timeout: float = 300.0, *, keep: bool = False, host: str = "127.0.0
             return
         from producer.console.serve import serve_console  # the api extra, only when serving
 
-        serve_console(stack.client, host=host, port=port)
+        serve_console(client, host=host, port=port)

@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from types import FrameType
 
 import click
@@ -26,14 +25,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class Stopping(BaseException):
     """A stop signal arrived: raised in the main thread so that every `with` block unwinds. A
     BaseException, so that `except Exception` on the way does not swallow it."""
-
-
-@dataclass(frozen=True)
-class LocalStack:
-    client: Client
-    broker_url: str
-    database_url: str
-    worker: WorkerProcess
 
 
 @contextlib.contextmanager
@@ -61,9 +52,9 @@ def stop_on_signals() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def local_stack(*, models: Sequence[str] | None = None) -> Iterator[LocalStack]:
-    """The broker at TEXTQ_BROKER_URL (an embedded one if it does not answer), the database at
-    TEXTQ_DATABASE_URL migrated to head, and a worker serving `models` (default: all), ready."""
+def local_stack(*, models: Sequence[str] | None = None) -> Iterator[Client]:
+    """A Client on the broker at TEXTQ_BROKER_URL (an embedded one if it does not answer) and the
+    database at TEXTQ_DATABASE_URL migrated to head, with a worker serving `models` (default: all), ready."""
     database_url = DatabaseSettings().database_url
     with reachable_broker(ProducerSettings().broker_url) as (broker_url, embedded):
         click.echo(f"broker:   {'embedded valkey at ' if embedded else ''}{broker_url}")
@@ -76,9 +67,9 @@ def local_stack(*, models: Sequence[str] | None = None) -> Iterator[LocalStack]:
         try:  # not `with`: a signal during start() must still stop the child that start() made
             worker.start(timeout=600)  # a first run converts the GGUF models: minutes
             with Client(database_url=database_url, broker_url=broker_url) as client:
-                yield LocalStack(client, broker_url, database_url, worker)
+                yield client
         finally:
             worker.stop()
 
 
-__all__ = ["LocalStack", "Stopping", "local_stack", "stop_on_signals"]
+__all__ = ["Stopping", "local_stack", "stop_on_signals"]

@@ -265,10 +265,9 @@ class Batcher:
             else:
                 runnable.append(item)
         runnable.sort(key=lambda item: item.tokens)
-        by_version = self._by_version(runnable, outcomes)
         remember: list[NewEntry] = []
         computed, started = 0, time.perf_counter()
-        for runner, same_version in by_version:
+        for runner, same_version in self._by_version(runnable, outcomes):
             todo, followers = self._from_cache(runner, same_version, outcomes)
             for group in self._token_bounded(todo):
                 done = self._predict_isolating(group, runner)

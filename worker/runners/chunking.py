@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 T = TypeVar("T")
+
+
+class _Sliceable(Protocol):
+    def __getitem__(self, index: slice, /) -> Self: ...
+
+
+S = TypeVar("S", bound=_Sliceable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,4 +103,16 @@ def reduce_groups(parts: Sequence[T], fits: Callable[[list[T]], bool]) -> list[l
     return groups
 
 
-__all__ = ["Chunks", "pack_consecutive", "reduce_groups", "split_by_tokens", "token_bounded", "token_windows"]
+def in_runs(flat: S, sizes: Sequence[int]) -> list[S]:
+    """`flat` (a list, a tensor) cut into consecutive runs of `sizes` items: each input's share of what a
+    batch computed flat over every input's chunks, sentences or texts."""
+    runs: list[S] = []
+    start = 0
+    for size in sizes:
+        runs.append(flat[start : start + size])
+        start += size
+    return runs
+
+
+__all__ = ["Chunks", "in_runs", "pack_consecutive", "reduce_groups", "split_by_tokens", "token_bounded",
+           "token_windows"]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from producer.contract import ClassifyInput, EmbedInput
-from worker.runners.chunking import Chunks, split_by_tokens
+from worker.runners.chunking import Chunks, in_runs, split_by_tokens
 from worker.runners.encoder import EncoderRunner
 
 # Tokens shared by consecutive chunks, so that a sentence cut at a chunk edge is read whole once.
@@ -27,10 +27,7 @@ def embed_long(runner: EncoderRunner, inputs: list[ClassifyInput] | list[EmbedIn
     chunks = [split_by_tokens(runner.tokenizer, x.text, window, CHUNK_OVERLAP_TOKENS, truncate=bool(x.truncate))
               for x in inputs]
     vectors = runner.embed([text for c in chunks for text in c.texts])
-    means, offset = [], 0
-    for c in chunks:
-        means.append(vectors[offset : offset + len(c.texts)].mean(0))
-        offset += len(c.texts)
+    means = [run.mean(0) for run in in_runs(vectors, [len(c.texts) for c in chunks])]
     return (torch.stack(means) if means else torch.empty(0)), chunks
 
 

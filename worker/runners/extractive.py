@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from producer.contract import SummarizeInput
-from worker.runners.chunking import Chunks, pack_consecutive, split_by_tokens
+from worker.runners.chunking import Chunks, in_runs, pack_consecutive, split_by_tokens
 from worker.runners.encoder import EncoderRunner
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n\s*\n+")
@@ -61,10 +61,10 @@ class ExtractiveSummarizer(EncoderRunner):
         documents = [self._chunked_sentences(x) for x in batch]
         # One forward pass over every sentence of every document in the batch.
         vectors = self.embed([s for sentences, _, _ in documents for s in sentences]).cpu()
-        outputs, offset = [], 0
-        for (sentences, chunks, described), job in zip(documents, batch, strict=True):
-            picked = map_reduce_sentences(vectors[offset : offset + len(sentences)], chunks, job.max_sentences)
-            offset += len(sentences)
+        outputs = []
+        per_document = in_runs(vectors, [len(sentences) for sentences, _, _ in documents])
+        for (sentences, chunks, described), document_vectors, job in zip(documents, per_document, batch, strict=True):
+            picked = map_reduce_sentences(document_vectors, chunks, job.max_sentences)
             outputs.append({"summary": " ".join(sentences[i] for i in picked), "sentences": picked,
                             **described.describe()})
         return outputs

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForSequence
 from producer.contract import ClassifyInput, SummarizeInput
 from worker.runners.backends import BackendError, Forward, load_forward
 from worker.runners.base import Runner, label_scores, max_length, resolve_source
-from worker.runners.chunking import reduce_groups, split_by_tokens
+from worker.runners.chunking import in_runs, reduce_groups, split_by_tokens
 from worker.runners.embeddings import CHUNK_OVERLAP_TOKENS, describe_chunks
 
 
@@ -40,11 +40,10 @@ class SequenceClassifier(Runner):
         encoded = self.tokenizer([t for c in chunks for t in c.texts], padding=True, truncation=True,
                                  max_length=self.max_tokens, return_tensors="pt").to(self.forward.device)
         logits = self.forward(encoded).float()
-        outputs, offset = [], 0
-        for c in chunks:  # a long text's logits: the mean of its chunks'
-            probabilities = torch.softmax(logits[offset : offset + len(c.texts)].mean(0), dim=-1)
+        outputs = []
+        for c, run in zip(chunks, in_runs(logits, [len(c.texts) for c in chunks]), strict=True):
+            probabilities = torch.softmax(run.mean(0), dim=-1)  # a long text's logits: the mean of its chunks'
             outputs.append({**label_scores(probabilities.tolist(), self.labels), **describe_chunks(c)})
-            offset += len(c.texts)
         return outputs
 
 
@@ -96,8 +95,4 @@ class Seq2SeqSummarizer(Runner):
                 do_sample=False,
             )
             summaries += [s.strip() for s in self.tokenizer.batch_decode(generated, skip_special_tokens=True)]
-        per_job, offset = [], 0
-        for texts in texts_per_job:
-            per_job.append(summaries[offset : offset + len(texts)])
-            offset += len(texts)
-        return per_job
+        return in_runs(summaries, [len(texts) for texts in texts_per_job])
