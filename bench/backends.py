@@ -23,7 +23,14 @@ from worker.batcher import WINDOW_BATCHES
 from worker.runners.chunking import token_bounded
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BACKENDS = ("torch", "onnx", "onnx-int8")
+# What runs the forward pass, by name: "torch" (float32) is the reference the others are compared to.
+# torch-bf16 computes in bfloat16 where the CPU has native bf16 (AVX512-BF16, AMX), else in float32.
+VARIANTS: dict[str, dict[str, str]] = {
+    "torch": {"backend": "torch", "dtype": "float32"},
+    "onnx": {"backend": "onnx", "dtype": "float32"},
+    "onnx-int8": {"backend": "onnx-int8", "dtype": "float32"},
+    "torch-bf16": {"backend": "torch", "dtype": "bfloat16"},
+}
 ENCODER_RUNNERS = ("prototype", "zero_shot")
 ZERO_SHOT_LABELS = ["business", "sports", "politics", "science", "technology"]
 DESCRIPTION = """\
@@ -55,7 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=11, help="corpus seed (default: 11)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each mode; medians are reported (default: 3)")
     parser.add_argument("--batch-size", type=int, default=32, help="vanilla batch size (default: 32)")
-    parser.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated (default: {','.join(BACKENDS)})")
+    parser.add_argument("--backends", default=",".join(VARIANTS), help=f"comma-separated (default: {','.join(VARIANTS)})")
     parser.add_argument("--no-queue", dest="queue", action="store_false", help="in-process modes only")
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql",
                         help="the queue modes' database (default: postgresql)")
@@ -66,9 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="JSON path (default: bench/results/<time>-backends-<model>.json)")
     args = parser.parse_args(argv)
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = sorted(set(args.backends) - set(BACKENDS))
+    unknown = sorted(set(args.backends) - set(VARIANTS))
     if unknown:
-        parser.error(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")
+        parser.error(f"unknown backends {unknown}; choose from {', '.join(VARIANTS)}")
     return args
 
 
@@ -114,8 +121,8 @@ def timed(mode: str, model: str, jobs: int, run: Callable[[], object], **extra: 
 
 
 def variant(spec: ModelSpec, backend: str) -> ModelSpec:
-    """The model on `backend`, under its own name (one queue each, all served by one worker)."""
-    return spec.model_copy(update={"name": f"{spec.name}-{backend}", "backend": backend})
+    """The model on `backend` (a name in VARIANTS), under its own name (one queue each, all served by one worker)."""
+    return spec.model_copy(update={"name": f"{spec.name}-{backend}", **VARIANTS[backend]})
 
 
 def in_process_modes(args: argparse.Namespace, spec: ModelSpec, texts: list[str],
@@ -175,7 +182,7 @@ def queue_modes(args: argparse.Namespace, stack: ExitStack, env: Any, spec: Mode
     for v in variants:
         requests = requests_for(v, texts)
         harness.warm_up(requests[: v.max_batch_size])
-        backend = v.backend
+        backend = v.name.removeprefix(f"{spec.name}-")
         modes[f"bulk-{backend}"] = partial(harness.bulk, f"bulk-{backend}", requests, worker.pid)
         modes[f"per-request-{backend}"] = partial(harness.per_request, f"per-request-{backend}", requests, worker.pid,
                                                   args.producers)

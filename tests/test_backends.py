@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from pydantic import ValidationError
 
+from bench.backends import VARIANTS
 from producer.contract import ClassifyInput, SummarizeInput
 from producer.registry import ModelSpec, default_registry
 from producer.worker_process import WorkerProcess
@@ -26,6 +28,7 @@ from tests.test_quality import ARTICLES, SENTIMENT, TOPICS, ZERO_SHOT
 from worker.runners import Runner, create_runner
 from worker.runners import backends as backends_module
 from worker.runners.backends import BackendError, quantize_int8
+from worker.runners.base import cpu_has_native_bf16, pick_dtype
 
 REPO = Path(__file__).resolve().parent.parent
 SENTIMENT_EXAMPLES = REPO / "worker" / "data" / "sentiment.json"
@@ -41,17 +44,21 @@ def onnx_cache() -> Iterator[Path]:
         yield path
 
 
+needs_native_bf16 = pytest.mark.skipif(not cpu_has_native_bf16() and not torch.cuda.is_available(),
+                                       reason="bfloat16 runs as float32 on a CPU without AVX512-BF16 or AMX")
+
+
 @pytest.fixture(scope="module")
 def minilm() -> Callable[[str, str], Runner]:
-    """Set-up runners of the built-in models by (model, backend), loaded once each."""
+    """Set-up runners of the built-in models by (model, variant of VARIANTS), loaded once each."""
     loaded: dict[tuple[str, str], Runner] = {}
 
-    def get(model: str, backend: str) -> Runner:
-        if (model, backend) not in loaded:
-            runner = create_runner(default_registry().get(model).model_copy(update={"backend": backend}))
+    def get(model: str, variant: str) -> Runner:
+        if (model, variant) not in loaded:
+            runner = create_runner(default_registry().get(model).model_copy(update=VARIANTS[variant]))
             runner.setup()
-            loaded[model, backend] = runner
-        return loaded[model, backend]
+            loaded[model, variant] = runner
+        return loaded[model, variant]
 
     return get
 
@@ -101,6 +108,10 @@ def _agreement(backend: str, minilm: Callable[[str, str], Runner]) -> Agreement:
 
 @pytest.mark.parametrize("backend", [
     "onnx",
+    # Measured: the same sentence flips in bfloat16 (torch fp32 calls it negative at 0.503 to 0.497):
+    # 71/72; on the 1,000 corpus texts of bench.backends 99.7% agree.
+    pytest.param("torch-bf16", marks=[needs_native_bf16, pytest.mark.xfail(
+        reason="bf16 agrees on 98.6% of labels (< 99%): one near-tie flips", strict=False)]),
     # Measured: one sentiment sentence of 60 flips (towards the gold label) with every int8 setting
     # tried, so 71/72 = 98.6% agreement and +1.7 points of accuracy: outside the bar for a default.
     pytest.param("onnx-int8", marks=pytest.mark.xfail(reason="int8 agrees on 98.6% of labels (< 99%)", strict=False)),
@@ -113,8 +124,10 @@ def test_backend_meets_the_bar_for_a_default(backend: str, minilm: Callable[[str
     assert all(abs(change) <= 0.01 for change in found.accuracy_change.values()), found.accuracy_change
 
 
-def test_int8_is_close_to_torch_and_no_less_accurate(minilm: Callable[[str, str], Runner]) -> None:
-    found = _agreement("onnx-int8", minilm)
+@pytest.mark.parametrize("backend", ["onnx-int8", pytest.param("torch-bf16", marks=needs_native_bf16)])
+def test_opt_in_variants_are_close_to_torch_and_no_less_accurate(backend: str,
+                                                                 minilm: Callable[[str, str], Runner]) -> None:
+    found = _agreement(backend, minilm)
     assert found.share >= 0.95
     assert all(change >= -0.01 for change in found.accuracy_change.values()), found.accuracy_change
 
@@ -124,6 +137,16 @@ def test_onnx_embeddings_match_torch(minilm: Callable[[str, str], Runner]) -> No
     reference = minilm("sentiment", "torch").embed(texts)  # type: ignore[attr-defined]
     exported = minilm("sentiment", "onnx").embed(texts)  # type: ignore[attr-defined]
     assert (reference * exported).sum(1).min() > 0.9999  # cosine similarity, row by row
+
+
+@needs_native_bf16
+def test_bf16_runs_in_bf16_and_its_embeddings_match_float32(minilm: Callable[[str, str], Runner]) -> None:
+    texts = [text for text, _ in SENTIMENT]
+    bf16 = minilm("sentiment", "torch-bf16")
+    assert bf16.dtype == torch.bfloat16
+    vectors = bf16.embed(texts)  # type: ignore[attr-defined]
+    assert vectors.dtype == torch.float32  # pooled and normalised in float32
+    assert (minilm("sentiment", "torch").embed(texts) * vectors).sum(1).min() > 0.999  # type: ignore[attr-defined]
 
 
 # -- the export cache (tiny classifier) ------------------------------------------------------------
@@ -319,3 +342,12 @@ def test_a_worker_with_a_bad_backend_does_not_start(backend: str, error: str, ti
         with pytest.raises(RuntimeError, match="worker exited") as info:
             worker.start(timeout=120)
     assert error in str(info.value)
+
+
+def test_a_cpu_computes_in_bf16_only_where_it_has_bf16_and_it_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    assert pick_dtype("float32", cpu) == torch.float32
+    assert pick_dtype("float16", cpu) == torch.float32  # float16 is for CUDA
+    assert pick_dtype("bfloat16", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    monkeypatch.setenv("TEXTQ_CPU_BF16", "0")
+    assert pick_dtype("bfloat16", cpu) == torch.float32

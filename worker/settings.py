@@ -35,6 +35,9 @@ class WorkerSettings(BaseSettings):
     # Commit claims and results without waiting for PostgreSQL's WAL flush (see
     # db.engine.make_engine: a database crash costs a recomputation, never a job).
     fast_commits: bool = True
+    # A model whose spec asks for bfloat16 runs in it on a CPU with native bf16 (AVX512-BF16 or AMX);
+    # false keeps every model in float32 on such a CPU too (worker.runners.base.pick_dtype).
+    cpu_bf16: bool = True
     # Where `onnx` / `onnx-int8` models are exported once and loaded from (docs/backends.md).
     onnx_cache: Path = Field(default_factory=lambda: default_cache_dir() / "onnx")
     # Models with `result_cache` in their spec keep at most this many entries each, none older than

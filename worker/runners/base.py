@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ class Runner(ABC):
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.device = pick_device(spec.device)
-        self.dtype = DTYPES[spec.dtype] if self.device.type == "cuda" else torch.float32
+        self.dtype = pick_dtype(spec.dtype, self.device)
 
     @abstractmethod
     def setup(self) -> None:
@@ -69,6 +70,37 @@ def input_chars(job_input: JobInput) -> int:
 
 class VersionNotServedError(LookupError):
     """A job pinned to a model version that this runner cannot run (deleted, or never made)."""
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """The precision a runner computes in: the spec's where the device runs it natively, else float32.
+
+    A CPU runs bfloat16 natively with AVX512-BF16 or AMX (oneDNN's bf16 kernels: about 2x float32 for
+    MiniLM, docs/backends.md); without them bfloat16 is emulated and slower than float32. float16 is
+    for CUDA only.
+    """
+    if device.type == "cuda":
+        return DTYPES[requested]
+    if requested == "bfloat16" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bfloat16 in hardware and `TEXTQ_CPU_BF16` does not turn it off."""
+    from worker.settings import WorkerSettings
+
+    return WorkerSettings().cpu_bf16 and _cpu_flags_have_bf16()
+
+
+@cache
+def _cpu_flags_have_bf16() -> bool:
+    """The x86 flags avx512_bf16 or amx_bf16 in /proc/cpuinfo (Linux; elsewhere: False)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def pick_device(requested: str) -> torch.device:

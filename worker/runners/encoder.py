@@ -37,10 +37,10 @@ class EncoderRunner(Runner):
                 max_length=self.max_tokens,
                 return_tensors="pt",
             ).to(self.forward.device)
-            hidden = self.forward(enc)
+            hidden = self.forward(enc).float()  # pooled in float32 whatever the model's precision
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            chunks.append(F.normalize(pooled.float(), dim=-1).to(self.device))
+            chunks.append(F.normalize(pooled, dim=-1).to(self.device))
         return torch.cat(chunks) if chunks else torch.empty(0)
 
 
