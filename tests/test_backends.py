@@ -351,3 +351,10 @@ def test_a_cpu_computes_in_bf16_only_where_it_has_bf16_and_it_is_asked_for(monke
     assert pick_dtype("bfloat16", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     monkeypatch.setenv("TEXTQ_CPU_BF16", "0")
     assert pick_dtype("bfloat16", cpu) == torch.float32
+
+
+def test_a_runner_says_when_its_dtype_is_not_the_one_asked_for(caplog: pytest.LogCaptureFixture) -> None:
+    spec = default_registry().get("sentiment").model_copy(update={"dtype": "float16", "device": "cpu"})
+    with caplog.at_level("INFO", logger="worker.runners.base"):
+        assert create_runner(spec).dtype == torch.float32
+    assert "model 'sentiment': dtype float16 runs as float32 on this cpu" in caplog.text

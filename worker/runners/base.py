@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from producer.contract import AnswerInput, JobInput
 from producer.registry import ModelSpec
 from worker.weights import local_weights_dir, weights_hash
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Rough characters per token for English, to bound a batch's tokens before tokenizing it.
 CHARS_PER_TOKEN = 4
@@ -28,6 +31,9 @@ class Runner(ABC):
         self.spec = spec
         self.device = pick_device(spec.device)
         self.dtype = pick_dtype(spec.dtype, self.device)
+        if DTYPES[spec.dtype] != self.dtype:
+            log.info("model %r: dtype %s runs as %s on this %s", spec.name, spec.dtype,
+                     str(self.dtype).removeprefix("torch."), self.device)
 
     @abstractmethod
     def setup(self) -> None:
@@ -75,7 +81,7 @@ class VersionNotServedError(LookupError):
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     """The precision a runner computes in: the spec's where the device runs it natively, else float32.
 
-    A CPU runs bfloat16 natively with AVX512-BF16 or AMX (oneDNN's bf16 kernels: about 2x float32 for
+    A CPU runs bfloat16 natively with AVX512-BF16 or AMX (oneDNN's bf16 kernels: about 1.5x float32 for
     MiniLM, docs/backends.md); without them bfloat16 is emulated and slower than float32. float16 is
     for CUDA only.
     """
