@@ -237,6 +237,24 @@ def test_a_job_whose_deadline_passes_while_claimed_expires_unrun(pipeline: Pipel
     assert [batch for _, batch in p.runner.batches] == [["blocker"]]
 
 
+def test_a_deadline_that_passes_while_its_window_computes_ends_the_job_unrun(pipeline: PipelineFactory) -> None:
+    p = pipeline(SteppedRunner, start=False, max_batch_size=2)
+    early = p.submit("a", "b")
+    [late] = p.submit("the longest text: its group runs last", expires_at=utcnow() + timedelta(seconds=1))
+    p.batcher.hand_in([*early, late])  # one window, two groups: the late job's waits for the first
+    p.batcher.start()
+    wait_until(lambda: p.rows([late])[0].status == "running", timeout=10, what="the window claimed")
+    expires_at = p.rows([late])[0].expires_at
+    assert expires_at is not None
+    wait_until(lambda: utcnow() > expires_at, timeout=10, what="the late job's deadline")
+    p.runner.step.release()  # the first group only
+    assert p.batcher.wait_idle(timeout=30)
+    rows = p.rows([*early, late])
+    assert [row.status for row in rows] == ["succeeded", "succeeded", "expired"]
+    assert (rows[2].error_type, rows[2].output) == ("DeadlineExceeded", None)
+    assert [batch for _, batch in p.runner.batches] == [["a", "b"]]
+
+
 def test_retry_with_a_delay_releases_the_job_until_then(pipeline: PipelineFactory) -> None:
     p = pipeline(RetryingRunner)
     job = p.submit("RETRY-ONCE DELAY=60")[0]

@@ -42,7 +42,9 @@ def test_cancelling_a_finished_job_changes_nothing(worker: WorkerProcess, client
 
 def test_job_past_its_deadline_expires_unrun(worker: WorkerProcess, client: Client) -> None:
     client.submit_many([{"text": unique_text("backlog"), "model": "slow"} for _ in range(8)])
-    text = unique_text("deadline")
+    # Longer than the backlog's texts: claimed in the backlog's window (when the worker was slow to
+    # read the messages), it sorts into the last group, which starts after the others' 2 s.
+    text = unique_text("deadline") + " and a tail that makes it the longest text of the window"
     view = client.wait(client.classify(text, model="slow", timeout=0.5).id, timeout=60)
     assert view.status == "expired"
     assert view.error_type == "DeadlineExceeded"

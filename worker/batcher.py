@@ -256,20 +256,16 @@ class Batcher:
     def _compute(self, items: list[_Item], outcomes: list[Outcome]) -> Iterator[_Write]:
         """Run `items` in length-sorted, token-bounded groups; a write per `max_batch_size` outcomes or
         so (a window's first results are written while the rest compute). `outcomes` go with the first."""
-        # Claimed a batch ahead, a job may pass its deadline while it waits: it ends unrun.
-        now = utcnow()
-        runnable: list[_Item] = []
-        for item in items:
-            if item.claim.expires_at is not None and item.claim.expires_at < now:
-                outcomes.append(Outcome.expired(item.claim))
-            else:
-                runnable.append(item)
-        runnable.sort(key=lambda item: item.tokens)
+        runnable = sorted(_unexpired(items, outcomes), key=lambda item: item.tokens)
         remember: list[NewEntry] = []
         computed, started = 0, time.perf_counter()
         for runner, same_version in self._by_version(runnable, outcomes):
             todo, followers = self._from_cache(runner, same_version, outcomes)
             for group in self._token_bounded(todo):
+                # A window's later groups wait for its earlier ones: a deadline may pass meanwhile.
+                group = _unexpired(group, outcomes)
+                if not group:
+                    continue
                 done = self._predict_isolating(group, runner)
                 remember += _entries(group, done)
                 outcomes += done + self._followers_of(done, followers, runner, remember)
@@ -445,6 +441,19 @@ class Batcher:
                 continue
             items.append(_Item(claim, job_input, tokens))
         return items, failures
+
+
+def _unexpired(items: list[_Item], outcomes: list[Outcome]) -> list[_Item]:
+    """The items still within their deadline; the others end unrun, their outcomes added to `outcomes`.
+    Claimed windows ahead, a job may pass its deadline while it waits."""
+    now = utcnow()
+    runnable: list[_Item] = []
+    for item in items:
+        if item.claim.expires_at is not None and item.claim.expires_at < now:
+            outcomes.append(Outcome.expired(item.claim))
+        else:
+            runnable.append(item)
+    return runnable
 
 
 def _entries(items: list[_Item], outcomes: list[Outcome]) -> list[NewEntry]:
