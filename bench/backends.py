@@ -179,10 +179,9 @@ def queue_modes(args: argparse.Namespace, stack: ExitStack, env: Any, spec: Mode
     naive: WorkerProcess = stack.enter_context(naive_worker(env.env, naive_spec.name, pool="threads", concurrency=4,
                                                             log_path=env.root / "worker-naive.log"))
     modes: dict[str, Callable[[], Row]] = {}
-    for v in variants:
+    for backend, v in zip(args.backends, variants, strict=True):
         requests = requests_for(v, texts)
         harness.warm_up(requests[: v.max_batch_size])
-        backend = v.name.removeprefix(f"{spec.name}-")
         modes[f"bulk-{backend}"] = partial(harness.bulk, f"bulk-{backend}", requests, worker.pid)
         modes[f"per-request-{backend}"] = partial(harness.per_request, f"per-request-{backend}", requests, worker.pid,
                                                   args.producers)
