@@ -77,7 +77,7 @@ def watch_finished(client: redis.Redis | None, job_ids: Iterable[uuid.UUID]) -> 
         yield FinishWatcher(None)
         return
     try:
-        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        pubsub = client.pubsub()
         pubsub.subscribe(*[channel(i) for i in job_ids])
     except (redis.RedisError, OSError) as exc:
         log.debug("cannot subscribe to finish notifications (%s); polling", exc)

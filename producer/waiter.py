@@ -169,7 +169,7 @@ class FinishWaiter:
         pubsub, self._pubsub, self._subscribed = self._pubsub, None, set()
         if pubsub is not None:
             with suppress(redis.RedisError, OSError):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     async def _subscribe(self, job_id: uuid.UUID) -> None:
         pubsub = self._pubsub

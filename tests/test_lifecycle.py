@@ -12,17 +12,20 @@ from tests.conftest import Backend
 from tests.helpers import computed_texts, unique_text, wait_until
 
 
-def test_cancelled_queued_job_is_never_computed(worker: WorkerProcess, client: Client) -> None:
-    # Three batches of 4 are in the pipeline at once (computing, waiting, claimed ahead): the victim,
-    # 13th, is claimed only after the first batch's second of compute, long after the cancel.
-    backlog = client.submit_many([{"text": unique_text("backlog"), "model": "slow"} for _ in range(12)])
-    victim_text = unique_text("cancel-queued")
-    victim = client.classify(victim_text, model="slow")
-    assert client.cancel(victim.id).status == "cancelled"
-    client.wait_many([j.id for j in backlog], timeout=60)
-    time.sleep(1.5)  # the victim's message has been consumed by now
-    assert client.get(victim.id).status == "cancelled"
-    assert computed_texts("slow")[victim_text] == 0
+def test_cancelled_queued_job_is_never_computed(isolated_backend: Backend) -> None:
+    # Cancelled before any worker runs, so no claim can race the cancel: its message is still handed
+    # to the worker, ahead of the jobs after it, and the claim must skip it.
+    env = {**isolated_backend.env, "TEXTQ_WORKER_MODELS": "echo"}
+    with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
+        victim_text = unique_text("cancel-queued")
+        victim = client.classify(victim_text, model="echo")
+        assert client.cancel(victim.id).status == "cancelled"
+        after = [client.classify(unique_text("after"), model="echo").id for _ in range(3)]
+        with WorkerProcess(env=env, name="cancel"):
+            client.wait_many(after, timeout=60)
+        # The worker stopped gracefully: every message it took, the victim's first, was handled.
+        assert client.get(victim.id).status == "cancelled"
+    assert computed_texts("echo")[victim_text] == 0
 
 
 def test_cancelled_running_job_keeps_no_result(worker: WorkerProcess, client: Client) -> None:

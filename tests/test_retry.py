@@ -81,7 +81,8 @@ def test_a_released_job_whose_worker_dies_is_brought_back_by_the_sweeper_after_i
     with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
         first = WorkerProcess(env=env).start()
         job = client.classify(unique_text("RETRY-ONCE DELAY=4"), model="retrying").id
-        wait_until(lambda: rows(isolated_backend, [job])[0].status == "queued" and rows(isolated_backend, [job])[0].attempts == 1,
+        # One read per check: two reads could see `queued` before the claim and attempts 1 after it.
+        wait_until(lambda: (lambda row: (row.status, row.attempts) == ("queued", 1))(rows(isolated_backend, [job])[0]),
                    what="the job released for a retry")
         first.kill()  # its schedule of the job's next message dies with it
         retry_at = rows(isolated_backend, [job])[0].retry_at
