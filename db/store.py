@@ -93,6 +93,8 @@ class ClaimedJob:
     webhook_url: str | None = None
     # Whose job it is: a result cache hit never crosses tenants (worker/result_cache.py).
     tenant: str = DEFAULT_TENANT
+    # 0 runs first: a window of several priorities computes its urgent jobs first (worker/batcher.py).
+    priority: int = 5
 
 
 class OutcomeKind(StrEnum):
@@ -288,16 +290,16 @@ def claim_jobs(
     rows = result.tuples().all()
     # Jobs the claim ended (expired, attempts exhausted) announce it in this transaction, as results do.
     webhooks.queue_job_events(session, job_ids=[row[0] for row in rows if row[7] != JobStatus.RUNNING])
-    return [_claimed(*row[:7], model_version=row[8], webhook_url=row[9], tenant=row[10]) for row in rows
-            if row[7] == JobStatus.RUNNING]
+    return [_claimed(*row[:7], model_version=row[8], webhook_url=row[9], tenant=row[10], priority=row[11])
+            for row in rows if row[7] == JobStatus.RUNNING]
 
 
 def _claimed(job_id: uuid.UUID, model: str, task: str, stored: Any, attempts: int, created_at: datetime,
              expires_at: datetime | None, *, model_version: str | None, webhook_url: str | None,
-             tenant: str) -> ClaimedJob:
+             tenant: str, priority: int) -> ClaimedJob:
     job_input, error = _decode_input(stored)
     return ClaimedJob(job_id, model, task, job_input, attempts, created_at, expires_at, input_error=error,
-                      model_version=model_version, webhook_url=webhook_url, tenant=tenant)
+                      model_version=model_version, webhook_url=webhook_url, tenant=tenant, priority=priority)
 
 
 def _decode_input(stored: Any) -> tuple[Any, str | None]:
@@ -356,7 +358,8 @@ def _claim_statement(*, postgres: bool, first_attempt_only: bool) -> Update:
         # SQLite: the input's bytes, not JSON decoded by SQLAlchemy, which raises for the whole result
         # on one row of bad JSON. PostgreSQL's jsonb is always valid JSON (decoded by the driver).
         .returning(c.id, c.model, c.task, c.input if postgres else c.input.cast(LargeBinary()),
-                   c.attempts, c.created_at, c.expires_at, c.status, c.model_version, c.webhook_url, c.tenant)
+                   c.attempts, c.created_at, c.expires_at, c.status, c.model_version, c.webhook_url, c.tenant,
+                   c.priority)
     )
 
 

@@ -45,8 +45,9 @@ class Pipeline:
     sessions: sessionmaker[Session]
     released: list[Outcome] = field(default_factory=list)
 
-    def submit(self, *texts: str, expires_at: datetime | None = None) -> list[uuid.UUID]:
-        jobs = [store.NewJob(model=MODEL, task="classify", input={"text": t}, expires_at=expires_at) for t in texts]
+    def submit(self, *texts: str, expires_at: datetime | None = None, priority: int = 5) -> list[uuid.UUID]:
+        jobs = [store.NewJob(model=MODEL, task="classify", input={"text": t}, expires_at=expires_at, priority=priority)
+                for t in texts]
         with self.sessions.begin() as session:
             return store.create_jobs(session, jobs=jobs)
 
@@ -169,6 +170,16 @@ def test_jobs_already_waiting_are_sorted_across_batches_before_they_are_cut(pipe
     assert p.batcher.wait_idle(timeout=30)
     by_length = sorted(job_texts, key=len)
     assert [batch for _, batch in p.runner.batches] == [by_length[0:4], by_length[4:8], by_length[8:12]]
+
+
+def test_a_window_runs_its_most_urgent_priority_first_in_groups_of_its_own(pipeline: PipelineFactory) -> None:
+    p = pipeline(BatchRecordingRunner, start=False, max_batch_size=4)
+    backlog = p.submit(*texts("low", 6), priority=9)  # shorter texts: length alone would run them first
+    urgent = p.submit(*texts("urgent", 2), priority=0)
+    p.batcher.hand_in(backlog + urgent)  # all waiting: one window
+    p.batcher.start()
+    assert p.batcher.wait_idle(timeout=30)
+    assert [batch for _, batch in p.runner.batches] == [texts("urgent", 2), texts("low", 4), texts("low", 6)[4:]]
 
 
 def test_a_window_is_written_batch_by_batch_while_the_rest_computes(pipeline: PipelineFactory) -> None:

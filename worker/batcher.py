@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import groupby
 
 import torch
 from sqlalchemy.orm import Session, sessionmaker
@@ -254,8 +255,9 @@ class Batcher:
                 self._writes.join()
 
     def _compute(self, items: list[_Item], outcomes: list[Outcome]) -> Iterator[_Write]:
-        """Run `items` in length-sorted, token-bounded groups; a write per `max_batch_size` outcomes or
-        so (a window's first results are written while the rest compute). `outcomes` go with the first."""
+        """Run `items` in length-sorted, token-bounded groups, the most urgent priority first; a write
+        per `max_batch_size` outcomes or so (a window's first results are written while the rest
+        compute). `outcomes` go with the first."""
         runnable = sorted(_unexpired(items, outcomes), key=lambda item: item.tokens)
         remember: list[NewEntry] = []
         computed, started = 0, time.perf_counter()
@@ -330,10 +332,19 @@ class Batcher:
         return list(groups.values())
 
     def _token_bounded(self, items: list[_Item]) -> list[list[_Item]]:
-        """Split items, shortest first, so that padded size (count x longest) stays in budget."""
-        groups = token_bounded([item.tokens for item in items], max_tokens=self.spec.max_batch_tokens,
-                                max_items=self.spec.max_batch_size)
-        return [[items[i] for i in group] for group in groups]
+        """Split items, most urgent priority first and shortest first within one, so that padded size
+        (count x longest) stays in budget. Groups never mix priorities: a window claimed under a
+        backlog must not hold an urgent job back behind the backlog's shorter texts."""
+        def priority(item: _Item) -> int:
+            return item.claim.priority
+
+        groups: list[list[_Item]] = []
+        for _, same in groupby(sorted(items, key=priority), key=priority):
+            members = list(same)
+            bounded = token_bounded([item.tokens for item in members], max_tokens=self.spec.max_batch_tokens,
+                                    max_items=self.spec.max_batch_size)
+            groups += [[members[i] for i in group] for group in bounded]
+        return groups
 
     def _predict_isolating(self, items: list[_Item], runner: Runner) -> list[Outcome]:
         """Run a group, splitting it in halves on an error so that a bad input fails alone."""
