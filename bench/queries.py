@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from bench.plans import plans_of
-from db import overview, retries, search, store, upgrade, workers
+from db import overview, retries, search, store, sweeps, upgrade, workers
 from db.engine import make_engine, session_factory, shared_engine
 from db.models import JobStatus, utcnow
 from tests.services import create_postgres_database, drop_postgres_database
@@ -68,7 +68,7 @@ def queries(rows: int, some_id: uuid.UUID, batch: list[uuid.UUID], middle: store
               lambda s: store.claim_jobs(s, ids=batch, model="sentiment", worker="bench",
                                          lease=timedelta(seconds=60), max_attempts=3)),
         Query("sweeper: jobs to re-publish",
-              lambda s: store.jobs_to_republish(s, stale_after=timedelta(seconds=60), limit=1000)),
+              lambda s: sweeps.jobs_to_republish(s, stale_after=timedelta(seconds=60), limit=1000)),
         Query("count by status (textq status)", store.count_by_status, repeat=5),
         Query("purge a batch of 10,000 finished jobs older than 7 days",
               lambda s: store.purge_jobs(s, finished_before=week_ago, limit=10_000), repeat=5),

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db import webhooks
+from db.engine import is_postgres
 from db.models import Batch, BatchStatus, FileChunk, Job, JobStatus, StoredFile, of_tenant, utcnow
 from db.store import EXPIRED_ERROR, EXPIRED_MESSAGE
 
@@ -206,7 +207,7 @@ def refresh_job_statistics(session: Session) -> None:
     claim. Autovacuum analyzes only after 10% of a table changed, a minute later, or never where it
     is off. SQLite plans these statements by its indexes alone: nothing to do there.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         session.execute(text(f"ANALYZE {JOBS.name}"))
 
 

@@ -7,12 +7,18 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.settings import DatabaseSettings
 
 SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def is_postgres(db: Session | Connection) -> bool:
+    """Whether `db` talks to PostgreSQL (else SQLite): where a statement differs between the two."""
+    bind = db.get_bind() if isinstance(db, Session) else db
+    return bind.dialect.name == "postgresql"
 
 
 def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from db.engine import is_postgres
 from db.models import Job, JobStatus
 
 
@@ -70,8 +71,7 @@ _MINUTES_POSTGRES = text(
 def minute_stats(session: Session, *, since: datetime, tenant: str | None = None) -> list[MinuteStats]:
     """Succeeded jobs per minute and model since `since`, with p50/p95 latency: PostgreSQL computes
     them; SQLite (a laptop's few jobs) hands the latencies over to be computed here."""
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
+    if is_postgres(session):
         rows = session.execute(_MINUTES_POSTGRES, {"since": since, "tenant": tenant}).tuples()
         return [MinuteStats(minute, model, n, float(p50), float(p95)) for minute, model, n, p50, p95 in rows]
     stmt = select(Job.model, Job.created_at, Job.finished_at).where(Job.finished_at >= since,

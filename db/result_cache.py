@@ -16,6 +16,7 @@ from typing import Any, cast
 from sqlalchemy import Table, Uuid, bindparam, delete, func, select, text
 from sqlalchemy.orm import Session
 
+from db.engine import is_postgres
 from db.models import CachedResult, JobStatus, UTCDateTime, utcnow
 from db.store import JOBS
 
@@ -62,7 +63,7 @@ def remember_results(session: Session, *, model: str, entries: Sequence[NewEntry
         return
     now = utcnow()
     ordered = sorted(entries, key=lambda e: e.key)
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         document = json.dumps([{"key": e.key, "id": str(e.job_id)} for e in ordered])
         session.execute(_REMEMBER_FROM_JSON, {"entries": document, "model": model, "now": now, "stale": stale_before})
         return

@@ -1,4 +1,4 @@
-"""The store API: every read and write of the jobs table goes through these functions.
+"""The store API: the jobs table's reads and writes (the sweeper's own queries are in db.sweeps).
 
 Functions are keyword-only after the session and never commit: the caller owns the transaction,
 so "write a whole batch in one transaction" is the caller's `with session.begin():`.
@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, Protocol, Self, TypeVar, cast
+from typing import Any, cast
 
 from sqlalchemy import (
     Integer,
@@ -31,7 +31,6 @@ from sqlalchemy import (
     case,
     delete,
     func,
-    literal,
     or_,
     select,
     text,
@@ -44,19 +43,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Update
-from sqlalchemy.sql.elements import ColumnElement
 
 from db import webhooks
-from db.models import DEFAULT_TENANT, FINISHED_STATUSES, Job, JobStatus, UTCDateTime, utcnow
+from db.engine import is_postgres
+from db.models import DEFAULT_TENANT, FINISHED_STATUSES, Job, JobStatus, UTCDateTime, of_tenant, utcnow
 
 # The Core table, for bulk statements (executemany) that the ORM would do row by row.
 JOBS = cast(Table, Job.__table__)
 MAX_ATTEMPTS_ERROR = "MaxAttemptsExceeded"
 EXPIRED_ERROR = "DeadlineExceeded"
 EXPIRED_MESSAGE = "the job's deadline passed before it could run"
-UNKNOWN_MODEL_ERROR = "UnknownModel"
-# The longest wait between re-publishes of a queued job, in units of the first: five doublings.
-DEFAULT_BACKOFF_CAP = 32
 _QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement_timeout
 
 
@@ -180,7 +176,7 @@ def create_or_get_jobs(session: Session | Connection, *, jobs: Sequence[NewJob])
     if not jobs:
         return []
     keys = [(j.tenant, j.idempotency_key) for j in jobs if j.idempotency_key is not None]
-    if _is_postgres(session):
+    if is_postgres(session):
         # ONE statement whose rows arrive as one JSON document, the same SQL text for any number of
         # jobs. PostgreSQL parses the document in C; binding one array per column cost the client
         # ~3x the CPU (psycopg adapts every element: 29 against 9 ms for 2,000 jobs).
@@ -234,11 +230,6 @@ _INSERT_FROM_JSON = text(
 )
 
 
-def _is_postgres(db: Session | Connection) -> bool:
-    bind = db.get_bind() if isinstance(db, Session) else db
-    return bind.dialect.name == "postgresql"
-
-
 def _with_existing_jobs(
     session: Session | Connection, jobs: Sequence[NewJob], keys: list[tuple[str, str]]
 ) -> list[NewJob]:
@@ -280,7 +271,7 @@ def claim_jobs(
     if not id_list:
         return []
     now = utcnow()
-    statement = _claim_statement(postgres=_is_postgres(session),
+    statement = _claim_statement(postgres=is_postgres(session),
                                  first_attempt_only=first_attempt_only)
     result = session.execute(statement, {
         "claim_ids": id_list, "claim_model": model, "claim_worker": worker, "now": now,
@@ -383,7 +374,7 @@ def finish_jobs(session: Session, *, outcomes: Sequence[Outcome]) -> None:
     if not all(o.finished for o in outcomes):
         raise ValueError("finish_jobs takes finished outcomes only; released ones go to release_jobs")
     now = utcnow()
-    if not _is_postgres(session):
+    if not is_postgres(session):
         # SQLite is in-process: executemany costs no round trips (and it has no VALUES aliases).
         session.execute(_FINISH_EACH, [
             {"b_id": o.id, "b_attempt": o.attempt, "b_status": o.status.value, "b_output": o.output,
@@ -451,7 +442,7 @@ def get_job(session: Session, *, job_id: uuid.UUID, tenant: str | None = None) -
 
 
 def get_jobs(session: Session, *, ids: Sequence[uuid.UUID], tenant: str | None = None) -> list[Job]:
-    return list(session.scalars(_of_tenant(select(Job).where(Job.id.in_(list(ids))), tenant)).all())
+    return list(session.scalars(select(Job).where(Job.id.in_(list(ids)), *of_tenant(Job.tenant, tenant))).all())
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +467,7 @@ class JobFilter:
 
 def newest_first(matching: JobFilter, *, after: PagePosition | None = None) -> Select[Job]:
     """Jobs matching the filter newest first, by (created_at, id), from just after `after`."""
-    stmt = _of_tenant(select(Job), matching.tenant).order_by(Job.created_at.desc(), Job.id.desc())
+    stmt = select(Job).where(*of_tenant(Job.tenant, matching.tenant)).order_by(Job.created_at.desc(), Job.id.desc())
     if matching.status is not None:
         stmt = stmt.where(Job.status == matching.status)
     if matching.model is not None:
@@ -528,7 +519,7 @@ def time_limit(session: Session, seconds: float | None) -> Iterator[None]:
         yield
         return
     try:
-        if _is_postgres(session):
+        if is_postgres(session):
             # SET LOCAL needs a transaction: this session's connection leaves autocommit until it returns to the pool.
             session.connection(execution_options={"isolation_level": "READ COMMITTED"})
             session.execute(select(func.set_config("statement_timeout", str(max(1, round(seconds * 1000))), True)))
@@ -549,7 +540,8 @@ def time_limit(session: Session, seconds: float | None) -> Iterator[None]:
 
 
 def count_by_status(session: Session, *, tenant: str | None = None) -> dict[str, int]:
-    rows = session.execute(_of_tenant(select(Job.status, func.count()), tenant).group_by(Job.status)).tuples().all()
+    statement = select(Job.status, func.count()).where(*of_tenant(Job.tenant, tenant)).group_by(Job.status)
+    rows = session.execute(statement).tuples().all()
     return dict(rows)
 
 
@@ -557,8 +549,8 @@ def cancel_job(session: Session, *, job_id: uuid.UUID, tenant: str | None = None
     """Cancel a job not yet finished, and queue its job.cancelled event (call it in a transaction).
     A running job's result is then discarded at its batch's end."""
     result = session.execute(
-        _of_tenant(update(Job), tenant)
-        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), *of_tenant(Job.tenant, tenant))
         .values(status=JobStatus.CANCELLED, finished_at=utcnow(), lease_until=None),
         execution_options={"synchronize_session": False},
     )
@@ -573,157 +565,10 @@ def jobs_table_answers(session: Session) -> None:
     session.execute(select(Job.id).limit(1))
 
 
-class _Filterable(Protocol):
-    def where(self, *whereclause: Any) -> Self: ...
-
-
-_Statement = TypeVar("_Statement", bound=_Filterable)
-
-
-def _of_tenant(stmt: _Statement, tenant: str | None) -> _Statement:
-    """`stmt` limited to `tenant`'s jobs; every tenant's when None."""
-    return stmt if tenant is None else stmt.where(Job.tenant == tenant)
-
-
-def jobs_to_republish(
-    session: Session,
-    *,
-    stale_after: timedelta,
-    limit: int,
-    waiting_since: Mapping[str, datetime | None] | None = None,
-    max_backoff: timedelta | None = None,
-) -> list[tuple[uuid.UUID, str, int]]:
-    """Jobs whose message was probably lost: queued and not published for a backoff period, or
-    running with an expired lease. Marks them published now.
-
-    The backoff starts at `stale_after` and doubles with each re-publish, up to `max_backoff`
-    (default DEFAULT_BACKOFF_CAP x `stale_after`). It is part of the query, so `limit` counts only jobs that are due:
-    any number of jobs in backoff cannot hide a lost one. A queued job never published (a row
-    written around the producer) has no message anywhere and is due at once.
-
-    `waiting_since` covers the models whose queue still holds messages: when the message read next
-    there was published. A queue is first in, first out, so a queued job published before that has
-    no message waiting (it was lost: dropped with a dead worker, say) and is picked; later ones are
-    left alone, since re-publishing a backlog would only add load. None for a model: its queue
-    cannot be peeked at, and all its queued jobs are left alone.
-
-    On PostgreSQL rows are locked with SKIP LOCKED, so sweepers in several workers share the work
-    instead of publishing the same job twice.
-    """
-    now = utcnow()
-    stmt = (
-        select(Job.id, Job.model, Job.priority)
-        .where(
-            or_(
-                and_(
-                    Job.status == JobStatus.QUEUED,
-                    or_(
-                        Job.published_at.is_(None),
-                        and_(
-                            Job.published_at < _republish_due_before(
-                                now, stale_after, stale_after * DEFAULT_BACKOFF_CAP if max_backoff is None else max_backoff),
-                            _no_message_waiting(waiting_since or {}),
-                        ),
-                    ),
-                ),
-                and_(Job.status == JobStatus.RUNNING, Job.lease_until < now),
-            )
-        )
-        .order_by(Job.priority.asc(), Job.created_at.asc())
-        .limit(limit)
-    )
-    if _is_postgres(session):
-        stmt = stmt.with_for_update(skip_locked=True)
-    picked = [(job_id, model, priority) for job_id, model, priority in session.execute(stmt).tuples()]
-    if picked:
-        session.execute(
-            update(Job).where(Job.id.in_([p[0] for p in picked])).values(published_at=now, publish_count=Job.publish_count + 1),
-            execution_options={"synchronize_session": False},
-        )
-    return picked
-
-
-def _republish_due_before(now: datetime, base: timedelta, cap: timedelta) -> ColumnElement[datetime]:
-    """The publish time before which a queued job is due again: now - min(base x 2 ** (publish_count - 1), cap).
-
-    One bound timestamp per doubling step, chosen by publish_count: both backends compare them as
-    they compare stored timestamps (SQLite has no interval arithmetic on its text timestamps).
-    """
-    waits = [min(base, cap)]
-    while waits[-1] < cap and base > timedelta(0) and len(waits) < _MAX_BACKOFF_STEPS:
-        waits.append(min(waits[-1] * 2, cap))
-    steps = [(Job.publish_count <= count, _at(now - wait)) for count, wait in enumerate(waits[:-1], start=1)]
-    return case(*steps, else_=_at(now - waits[-1])) if steps else _at(now - waits[-1])
-
-
-# Doublings before the backoff reaches its cap: 2 ** 40 x even 1 ms is 35 years.
-_MAX_BACKOFF_STEPS = 40
-
-
-def _at(moment: datetime) -> ColumnElement[datetime]:
-    return literal(moment, UTCDateTime())
-
-
-def _no_message_waiting(waiting_since: Mapping[str, datetime | None]) -> ColumnElement[bool]:
-    known = [and_(Job.model == model, Job.published_at < since) for model, since in waiting_since.items() if since]
-    return or_(Job.model.not_in(list(waiting_since)), *known)
-
-
-def earliest_published(session: Session, *, ids: Sequence[uuid.UUID]) -> datetime | None:
-    """When the first of these jobs was (last) published; None if none of them has a row.
-
-    A job with no publish time counts from its creation: its message cannot be older than that.
-    """
-    if not ids:
-        return None
-    first = func.min(func.coalesce(Job.published_at, Job.created_at))
-    return session.execute(select(first).where(Job.id.in_(list(ids)))).scalar_one()
-
-
-def expire_overdue_jobs(session: Session) -> int:
-    """End queued jobs whose deadline passed (they may never get a message to be claimed by), with
-    their job.expired events."""
-    now = utcnow()
-    expired = session.scalars(
-        update(Job)
-        .where(Job.status == JobStatus.QUEUED, Job.expires_at.is_not(None), Job.expires_at < now)
-        .values(
-            status=JobStatus.EXPIRED,
-            finished_at=now,
-            error_type=EXPIRED_ERROR,
-            error_message=EXPIRED_MESSAGE,
-        )
-        .returning(Job.id),
-        execution_options={"synchronize_session": False},
-    ).all()
-    webhooks.queue_job_events(session, job_ids=expired)
-    return len(expired)
-
-
-def fail_unknown_model_jobs(session: Session, *, known_models: Collection[str], created_before: datetime) -> int:
-    """End queued jobs created before `created_before` whose model is none of `known_models`: no
-    worker can ever claim them. Returns how many."""
-    if not known_models:  # an empty registry is a misconfiguration, not a reason to fail every job
-        return 0
-    result = session.execute(
-        update(Job)
-        .where(Job.status == JobStatus.QUEUED, Job.model.not_in(list(known_models)), Job.created_at < created_before)
-        .values(
-            status=JobStatus.FAILED,
-            finished_at=utcnow(),
-            error_type=UNKNOWN_MODEL_ERROR,
-            error_message=literal("no model named '", String()) + Job.model
-            + literal("' in this deployment's registry (TEXTQ_MODELS_FILE)", String()),
-        ),
-        execution_options={"synchronize_session": False},
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
 def purge_jobs(session: Session, *, finished_before: datetime, limit: int = 10_000, tenant: str | None = None) -> int:
     """Delete up to `limit` finished jobs that finished before `finished_before`; returns how many."""
-    doomed = _of_tenant(
-        select(Job.id).where(Job.status.in_(list(FINISHED_STATUSES)), Job.finished_at < finished_before), tenant
+    doomed = select(Job.id).where(
+        Job.status.in_(list(FINISHED_STATUSES)), Job.finished_at < finished_before, *of_tenant(Job.tenant, tenant)
     ).order_by(Job.finished_at).limit(limit)
     result = session.execute(
         delete(Job).where(Job.id.in_(doomed.scalar_subquery())), execution_options={"synchronize_session": False}

@@ -42,6 +42,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from db.engine import is_postgres
 from db.models import (
     FINISHED_STATUSES,
     Batch,
@@ -187,7 +188,7 @@ def claim_due(session: Session, *, owner: str, until: datetime, limit: int) -> l
     due = (select(WebhookDelivery.id)
            .where(WebhookDelivery.status == DeliveryStatus.PENDING, WebhookDelivery.next_attempt_at <= now, free)
            .order_by(WebhookDelivery.next_attempt_at).limit(limit))
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgres(session):
         due = due.with_for_update(skip_locked=True)
     # One statement: on SQLite it takes the write lock first, so a second sender waits, then finds them leased.
     claimed = session.scalars(

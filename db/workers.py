@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from db.engine import is_postgres
 from db.models import Job, JobStatus, Worker, utcnow
 
 WORKERS = cast(Table, Worker.__table__)
@@ -48,7 +49,7 @@ def record_heartbeat(session: Session, *, worker: WorkerIdentity, jobs_in_hand: 
         "name": worker.name, "host": worker.host, "pid": worker.pid, "models": list(worker.models),
         "started_at": worker.started_at, "last_seen": utcnow(), "jobs_in_hand": jobs_in_hand, "state": state.value,
     }
-    insert = postgresql.insert if _is_postgres(session) else sqlite.insert
+    insert = postgresql.insert if is_postgres(session) else sqlite.insert
     statement = insert(WORKERS).values(values)
     session.execute(statement.on_conflict_do_update(
         index_elements=[WORKERS.c.name],
@@ -78,7 +79,7 @@ def dead_workers(session: Session, *, silent_for: timedelta, lock: bool = False)
     """Workers whose last heartbeat is older than `silent_for`. With `lock` (PostgreSQL), their
     rows are locked with SKIP LOCKED, so that one sweeper at a time handles each."""
     statement = select(Worker).where(Worker.last_seen < utcnow() - silent_for).order_by(Worker.name)
-    if lock and _is_postgres(session):
+    if lock and is_postgres(session):
         statement = statement.with_for_update(skip_locked=True)
     return list(session.scalars(statement).all())
 
@@ -101,7 +102,7 @@ def reclaim_dead_workers(
     Picked: the jobs they were running (put back to queued: their claims die with them, and their
     attempts count, so a job that killed its worker is retried alone), and the queued jobs of the
     models they served that have no message waiting, which they probably held in memory
-    (`waiting_since` as for db.store.jobs_to_republish: the publish time of the message each
+    (`waiting_since` as for db.sweeps.jobs_to_republish: the publish time of the message each
     model's queue hands out next; a model absent has an empty queue, None cannot be peeked at and
     is left to the regular sweep). Picked jobs are marked published now. Returns the names of the
     removed workers and the picked (id, model, priority) jobs.
@@ -140,7 +141,7 @@ def _republish_now(
     """Mark up to `limit` jobs matching `where` published now (with `values` set too); returns
     them. PostgreSQL skips rows another sweeper holds, so no job is published twice at once."""
     chosen = select(Job.id).where(where).order_by(Job.priority.asc(), Job.created_at.asc()).limit(limit)
-    if _is_postgres(session):
+    if is_postgres(session):
         chosen = chosen.with_for_update(skip_locked=True)
     result = session.execute(
         update(Job)
@@ -150,10 +151,6 @@ def _republish_now(
         execution_options={"synchronize_session": False},
     )
     return [(job_id, model, priority) for job_id, model, priority in result.tuples()]
-
-
-def _is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from pathlib import Path
 import redis
 from kombu import Connection, Exchange, Producer
 
-from db import store
+from db import store, sweeps
 from db.engine import session_factory
 from db.models import Job, utcnow
 from producer import Client
@@ -160,13 +160,13 @@ def test_the_sweeper_picks_queued_jobs_published_before_the_message_read_next(is
 
     def picked(waiting_since: dict[str, datetime | None] | None) -> set[str]:
         with session_factory(isolated_backend.database_url).begin() as session:
-            found = {job_id for job_id, _, _ in store.jobs_to_republish(
+            found = {job_id for job_id, _, _ in sweeps.jobs_to_republish(
                 session, stale_after=timedelta(seconds=60), limit=100, waiting_since=waiting_since)}
             session.rollback()  # leave published_at as it was for the next question
         return {name for name, job_id in ids.items() if job_id in found}
 
     with session_factory(isolated_backend.database_url)() as session:
-        head = store.earliest_published(session, ids=[ids["head"], uuid.uuid4()])
+        head = sweeps.earliest_published(session, ids=[ids["head"], uuid.uuid4()])
     assert head is not None and abs((head - (now - timedelta(seconds=300))).total_seconds()) < 1e-3
     assert picked({model: head}) == {"lost"}  # "head" and "behind" still have their messages
     assert picked(None) == {"lost", "head", "behind"}  # an empty queue: every stale job

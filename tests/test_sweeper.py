@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import String, cast, delete, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
-from db import store, upgrade
+from db import store, sweeps, upgrade
 from db.engine import session_factory, shared_engine
 from db.models import Job, JobStatus, utcnow
 from producer import Client
@@ -75,7 +75,7 @@ def republished(database_url: str, *, keep: bool = True, **options: Any) -> set[
     """Ids jobs_to_republish picks; with keep=False the marks it writes are rolled back."""
     options = {"stale_after": STALE, "limit": 1000, **options}
     with session_factory(database_url).begin() as session:
-        picked = {job_id for job_id, _, _ in store.jobs_to_republish(session, **options)}
+        picked = {job_id for job_id, _, _ in sweeps.jobs_to_republish(session, **options)}
         if not keep:
             session.rollback()
     return picked
@@ -133,7 +133,7 @@ def test_a_job_never_published_is_republished_at_once_even_behind_a_waiting_mess
     [head] = add(database_url, Rows(model, published_ago=timedelta(minutes=5)))  # its message is next in line
     [never] = add(database_url, Rows(model, published_ago=None, publish_count=0))
     with session_factory(database_url)() as session:
-        waiting_since = store.earliest_published(session, ids=[head])
+        waiting_since = sweeps.earliest_published(session, ids=[head])
     assert republished(database_url, keep=False, waiting_since={model: waiting_since}) == {never}
     assert republished(database_url, keep=False, waiting_since={model: None}) == {never}  # a queue not peeked at
     assert republished(database_url, keep=False) == {head, never}  # an empty queue
@@ -142,7 +142,7 @@ def test_a_job_never_published_is_republished_at_once_even_behind_a_waiting_mess
 def test_a_waiting_message_whose_jobs_were_never_marked_published_counts_from_their_creation(database_url: str) -> None:
     [head] = add(database_url, Rows(unique_text("head"), published_ago=None, created_ago=timedelta(minutes=3)))
     with session_factory(database_url)() as session:
-        since = store.earliest_published(session, ids=[head, uuid.uuid4()])
+        since = sweeps.earliest_published(session, ids=[head, uuid.uuid4()])
         created = session.execute(select(Job.created_at).where(Job.id == head)).scalar_one()
     assert since == created
 
@@ -163,7 +163,7 @@ def test_queued_jobs_of_unknown_models_fail_once_queued_for_the_grace_period(dat
     [known] = add(database_url, Rows("echo", created_ago=timedelta(minutes=2)))
     [running_ghost] = add(database_url, Rows(ghost, created_ago=timedelta(minutes=2), status=JobStatus.RUNNING))
     with session_factory(database_url).begin() as session:
-        failed = store.fail_unknown_model_jobs(session, known_models=["echo", "sentiment"],
+        failed = sweeps.fail_unknown_model_jobs(session, known_models=["echo", "sentiment"],
                                                created_before=utcnow() - STALE)
     assert failed == 1
     found = statuses(database_url, [old_ghost, new_ghost, known, running_ghost])

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from db import store
+from db import sweeps
 from db.engine import session_factory
 from db.models import utcnow
 from producer import Client, InvalidJobError
@@ -224,7 +224,7 @@ def test_cancels_and_expiries_of_jobs_and_batches_send_their_events(
         overdue = client.submit({"text": unique_text("late"), "model": "echo", "webhook_url": own, "timeout": 0.05})
         wait_until(lambda: utcnow() > (overdue.expires_at or utcnow()), what="the job's deadline")
         with ledger.begin() as session:  # what each worker's sweeper does
-            assert store.expire_overdue_jobs(session) == 1
+            assert sweeps.expire_overdue_jobs(session) == 1
         batch_cancelled = client.submit_batch(_batch_lines(3), webhook_url=own)
         assert client.batches.cancel(batch_cancelled.id).status == "cancelled"
         batch_expired = client.submit_batch(_batch_lines(3), webhook_url=own, completion_window="1s")

@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from sqlalchemy.orm import Session
 
-from db import store, workers
+from db import store, sweeps, workers
 from db.engine import session_factory
 from db.models import JobStatus, utcnow
 from db.settings import DatabaseSettings
@@ -176,14 +176,14 @@ class WorkerRuntime:
         heads = self._queue_heads()  # Redis round trips, before the transaction opens
         stale_after = timedelta(seconds=producer_settings().republish_after_s)
         with self.sessions.begin() as session:
-            store.expire_overdue_jobs(session)
-            waiting_since = {m: None if ids is None else store.earliest_published(session, ids=ids)
+            sweeps.expire_overdue_jobs(session)
+            waiting_since = {m: None if ids is None else sweeps.earliest_published(session, ids=ids)
                              for m, ids in heads.items()}
             # Only after a republish period: a producer with a newer models file may know the model already.
-            unknown = store.fail_unknown_model_jobs(session, known_models=self.registry.names(),
+            unknown = sweeps.fail_unknown_model_jobs(session, known_models=self.registry.names(),
                                                     created_before=utcnow() - stale_after)
             picked = self._jobs_of_dead_workers(session, waiting_since)  # first: they are marked published
-            picked += store.jobs_to_republish(
+            picked += sweeps.jobs_to_republish(
                 session,
                 stale_after=stale_after,
                 limit=SWEEP_LIMIT,
