@@ -21,12 +21,16 @@ ARTICLE = (
 SAMPLES: list[dict[str, object]] = [
     {"task": "classify", "model": "sentiment", "text": "I loved it, the best meal I've had all year."},
     {"task": "classify", "model": "sentiment", "text": "The delivery was late and the box was damaged."},
-    {"task": "classify", "text": "The striker scored twice in the final minutes.",
+    {"task": "classify", "model": "zero-shot", "text": "The striker scored twice in the final minutes.",
      "labels": ["sports", "politics", "business", "science"]},
-    {"task": "classify", "text": "The central bank raised interest rates again.",
+    {"task": "classify", "model": "zero-shot", "text": "The central bank raised interest rates again.",
      "labels": ["sports", "politics", "business", "science"]},
     {"task": "summarize", "model": "summarize", "text": ARTICLE, "max_sentences": 2},
+    {"task": "summarize", "model": "abstractive", "text": ARTICLE, "max_words": 30},
 ]
+# The demo's worker loads only what its samples use: the translate/answer model (Qwen, ~2 GB) would
+# add minutes to a first run and serve nothing here. `textq console` serves every model.
+DEMO_MODELS = sorted({str(sample["model"]) for sample in SAMPLES})
 
 
 def describe(view: JobView) -> str:
@@ -58,7 +62,7 @@ def render_table(views: Sequence[JobView], texts: Sequence[str]) -> str:
 
 def run_demo(timeout: float = 300.0, *, keep: bool = False, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the sample jobs and print their table; with `keep`, then serve the console until a stop signal."""
-    with stop_on_signals(), local_stack() as client:
+    with stop_on_signals(), local_stack(models=DEMO_MODELS) as client:
         jobs = client.submit_many(SAMPLES)
         views = client.wait_many([j.id for j in jobs], timeout=timeout)
         click.echo(render_table(views, [str(s["text"]) for s in SAMPLES]))

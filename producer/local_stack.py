@@ -62,7 +62,7 @@ def local_stack(*, models: Sequence[str] | None = None) -> Iterator[Client]:
         upgrade(database_url)
         env = {"TEXTQ_BROKER_URL": broker_url, "TEXTQ_DATABASE_URL": database_url}
         os.environ.update(env)
-        click.echo("starting a worker (loads the models once)...")
+        click.echo(f"starting a worker for {', '.join(models) if models else 'every model'} (loads them once)...")
         worker = WorkerProcess(env=env, models=list(models) if models else None)
         try:  # not `with`: a signal during start() must still stop the child that start() made
             worker.start(timeout=600)  # a first run converts the GGUF models: minutes

@@ -99,9 +99,13 @@ def test_demo_keep_prints_results_serves_the_console_and_stops_everything_on_ctr
         demo.wait_for(re.compile(r"^model +\| status"), timeout=600)
         _serves_the_console(demo)
         table = "\n".join(demo.output)
-        assert table.count("succeeded") == 5
+        assert table.count("succeeded") == 6
         for expected in ("positive", "negative", "sports", "business", "The city council met"):
             assert expected in table
+        abstractive = next(line for line in demo.output if line.startswith("abstractive"))
+        assert abstractive.split("|")[-1].strip(), "an abstractive summary"
+        # Only the models the samples use: not the translate/answer LLM.
+        assert "starting a worker for abstractive, sentiment, summarize, zero-shot " in table
         _stops_everything(demo, signal.SIGINT)
     finally:
         demo.proc.kill()
