@@ -7,7 +7,6 @@ credentials): they submit, read, long-poll, list and cancel jobs over HTTP inste
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import math
@@ -21,38 +20,31 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
-import redis
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field, SecretStr, TypeAdapter, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from starlette.types import ASGIApp, Message, Receive, Send
-from starlette.types import Scope as AsgiScope
 
 from producer.batch_routes import FILES_PATH, include_batch_routes
+from producer.body_limit import BodySizeLimit
 from producer.client import Client, JobStatus
 from producer.console import include_console
 from producer.console.https import CookiePolicy, parse_proxies
 from producer.contract import JobRequest, JobView
 from producer.errors import (
     FieldError,
-    IdempotencyConflictError,
     InvalidJobError,
     JobNotFoundError,
-    JobNotRetryableError,
-    ListTimeoutError,
     TextqError,
 )
 from producer.feedback import FeedbackRequest, FeedbackView
+from producer.gateway_auth import Access, Allowed, Canceller, KeyRing, Reader, Submitter, caller, guard
+from producer.gateway_errors import ErrorBody, add_error_handlers, errors_body
 from producer.paging import MAX_PAGE, JobPage
 from producer.queue_metrics import QueueCollector
-from producer.tenants import DEFAULT_TENANT, ApiKey, Scope, load_api_keys
+from producer.tenants import load_api_keys
 from producer.waiter import FinishWaiter
 from producer.webhook_routes import include_webhook_routes
 
@@ -62,8 +54,6 @@ T = TypeVar("T")
 
 MAX_WAIT_S = 60.0
 READY_CHECK_TIMEOUT_S = 3.0
-Access = Literal["open", "admin", "off"]
-UNAVAILABLE_RETRY_AFTER_S = 5
 # `curl -d` sends a form content type; the body is JSON all the same. Accepting it is safe: the key
 # is a header that a browser never adds by itself, so a cross-site form post cannot submit a job.
 JSON_BODY_TYPES = ("application/json", "application/x-www-form-urlencoded")
@@ -110,11 +100,6 @@ class GatewaySettings(BaseSettings):
 
     def cookie_policy(self) -> CookiePolicy:
         return CookiePolicy(always_secure=self.secure_cookie == "always", trusted_proxies=parse_proxies(self.trusted_proxies))
-
-
-class ErrorBody(BaseModel):
-    detail: str
-    errors: list[dict[str, str]] = Field(default_factory=list, description="each bad field and the rule it broke")
 
 
 # The request body as documented in /docs; it is validated by the Client, which names each bad field.
@@ -170,198 +155,19 @@ def create_app(client: Client | None = None, settings: GatewaySettings | None = 
     app.state.keys = KeyRing(api_keys, the_client)
     app.state.waiter = waiter  # its `waiting` count tells operators and tests how many jobs are waited for
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_paths=(FILES_PATH,))
-    app.add_exception_handler(InvalidJobError, _invalid_job)
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(JobNotFoundError, _not_found)
-    app.add_exception_handler(ListTimeoutError, _list_timeout)
-    app.add_exception_handler(IdempotencyConflictError, _idempotency_conflict)
-    app.add_exception_handler(JobNotRetryableError, _not_retryable)
-    for unavailable in (DBAPIError, PoolTimeoutError, redis.ConnectionError, redis.TimeoutError):
-        app.add_exception_handler(unavailable, _unavailable)
+    add_error_handlers(app)
     if settings.metrics != "off":
-        _serve_metrics(app, _guard(settings.metrics), the_client)
+        _serve_metrics(app, guard(settings.metrics), the_client)
     if settings.docs == "admin":
         _serve_docs_to_admins(app)
     app.include_router(_health_routes(the_client))
-    app.include_router(_job_routes(waiter), dependencies=[Depends(_caller)])
+    app.include_router(_job_routes(waiter), dependencies=[Depends(caller)])
     # Files, batches and webhook endpoints are per tenant, as jobs: each route gets the caller's scoped Client.
-    include_batch_routes(app, the_client, client_for=_Allowed)
-    include_webhook_routes(app, the_client, client_for=_Allowed)
+    include_batch_routes(app, the_client, client_for=Allowed)
+    include_webhook_routes(app, the_client, client_for=Allowed)
     include_console(app, cookies=settings.cookie_policy())  # /console: same keys, a session cookie (producer/console/)
     _document_job_request(app)
     return app
-
-
-# -- auth -------------------------------------------------------------------------------------
-class KeyRing:
-    """The API keys, each with its tenant and scopes, and the Client scoped to what each key may see."""
-
-    def __init__(self, keys: list[ApiKey], client: Client) -> None:
-        self._keys = [(k.key.encode(), k) for k in keys]
-        # insecure_dev without keys: every caller is an admin of the default tenant.
-        self._anonymous = None if keys else ApiKey("", DEFAULT_TENANT, frozenset({Scope.ADMIN}))
-        everyone = [*keys, *([self._anonymous] if self._anonymous else [])]
-        self._clients = {(k.tenant, k.sees_all): client.for_tenant(k.tenant, see_all=k.sees_all) for k in everyone}
-
-    def key_of(self, given: str) -> ApiKey | None:
-        if self._anonymous is not None:
-            return self._anonymous
-        # compare_digest against every key: the time taken says nothing about which key is close.
-        matches = [k for secret, k in self._keys if hmac.compare_digest(given.encode(), secret)]
-        return matches[0] if matches else None
-
-    def known_keys(self) -> list[ApiKey]:
-        """Every configured key (the anonymous one under insecure_dev): the console's session names one."""
-        return [k for _, k in self._keys] or ([self._anonymous] if self._anonymous else [])
-
-    def client_of(self, key: ApiKey) -> Client:
-        return self._clients[(key.tenant, key.sees_all)]
-
-
-def _caller(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))],
-    header: Annotated[str | None, Depends(APIKeyHeader(name="X-API-Key", auto_error=False))],
-) -> ApiKey:
-    """The caller's key, from `Authorization: Bearer <key>` or `X-API-Key: <key>`; 401 without one."""
-    key = _keys(request).key_of(bearer.credentials if bearer else header or "")
-    if key is None:
-        raise HTTPException(401, "missing or unknown API key: send Authorization: Bearer <key> or X-API-Key: <key>",
-                            headers={"WWW-Authenticate": "Bearer"})
-    return key
-
-
-def _keys(request: Request) -> KeyRing:
-    keys: KeyRing = request.app.state.keys
-    return keys
-
-
-class _Allowed:
-    """A dependency: the Client that sees the jobs the caller's key may see, if the key has `scope` (else 403)."""
-
-    def __init__(self, scope: Scope) -> None:
-        self.scope = scope
-
-    def __call__(self, request: Request, key: Annotated[ApiKey, Depends(_caller)]) -> Client:
-        if not key.allows(self.scope):
-            raise HTTPException(403, f"this API key lacks the {self.scope.value!r} scope "
-                                     f"(it has: {', '.join(sorted(key.scopes))})")
-        return _keys(request).client_of(key)
-
-
-_Submitter = Annotated[Client, Depends(_Allowed(Scope.SUBMIT))]
-_Reader = Annotated[Client, Depends(_Allowed(Scope.READ))]
-_Canceller = Annotated[Client, Depends(_Allowed(Scope.CANCEL))]
-
-
-def _guard(access: Access) -> list[Any]:
-    """Route dependencies for an `access` setting: none when open, an admin key otherwise."""
-    return [] if access == "open" else [Depends(_Allowed(Scope.ADMIN))]
-
-
-# -- body size ----------------------------------------------------------------------------------
-class BodySizeLimit:
-    """Answers 413 to a body over `max_bytes`: by its Content-Length, or by counting a chunked one.
-
-    Pure ASGI so that an oversized body is refused while it streams in, before it is buffered whole.
-    Paths under `exempt_paths` (file uploads) stream through unbuffered and enforce their own limit.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int, exempt_paths: tuple[str, ...] = ()) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.exempt_paths = exempt_paths
-
-    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.exempt_paths):
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
-        detail = f"request body is larger than {self.max_bytes:,} bytes (TEXTQ_API_MAX_BODY_BYTES)"
-        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-
-
-# -- error bodies -------------------------------------------------------------------------------
-def _errors_body(detail: str, errors: list[FieldError]) -> dict[str, Any]:
-    return {"detail": detail, "errors": [{"field": e.field, "message": e.message} for e in errors]}
-
-
-async def _invalid_job(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, InvalidJobError)
-    # Client.submit_many names a batch's fields requests[i]; over HTTP the batch is called "jobs".
-    errors = [FieldError(e.field.replace("requests", "jobs", 1) if e.field.startswith("requests") else e.field, e.message)
-              for e in exc.errors]
-    return JSONResponse(_errors_body("invalid request", errors), status_code=422)
-
-
-async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        if loc and loc[0] in ("body", "query", "path", "header"):
-            loc = loc[1:] or loc
-        errors.append(FieldError(".".join(loc) or "request", str(err["msg"]).removeprefix("Value error, ")))
-    return JSONResponse(_errors_body("invalid request", errors), status_code=422)
-
-
-async def _not_found(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404)
-
-
-async def _list_timeout(_request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=503)
-
-
-async def _idempotency_conflict(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, IdempotencyConflictError)
-    return JSONResponse(_errors_body(str(exc), [FieldError("Idempotency-Key", exc.reason)]), status_code=409)
-
-
-async def _not_retryable(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, JobNotRetryableError)
-    return JSONResponse(_errors_body(str(exc), [FieldError("status", f"is {exc.status}; only failed jobs can be retried")]),
-                        status_code=409)
-
-
-async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    """503 when the database or Redis cannot be reached; any other database error stays a 500 (a bug)."""
-    if isinstance(exc, DBAPIError) and not (isinstance(exc, OperationalError) or exc.connection_invalidated):
-        raise exc
-    service = "Redis" if isinstance(exc, redis.RedisError) else "the database"
-    # The class name only: the message may name hosts and users.
-    log.warning("%s unavailable: %s", service, type(exc).__name__)
-    detail = f"{service} is unavailable ({type(exc).__name__}); retry later"
-    return JSONResponse({"detail": detail, "errors": []}, status_code=503,
-                        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)})
 
 
 def _document_job_request(app: FastAPI) -> None:
@@ -387,7 +193,7 @@ def _document_job_request(app: FastAPI) -> None:
 
 def _serve_docs_to_admins(app: FastAPI) -> None:
     """/openapi.json, /docs and /redoc for admin keys only (a browser needs a header extension to send one)."""
-    admin = _guard("admin")
+    admin = guard("admin")
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=admin)
     def openapi() -> JSONResponse:
@@ -472,7 +278,7 @@ def _job_routes(waiter: FinishWaiter) -> APIRouter:
     async def submit(
         request: Request,
         response: Response,
-        client: _Submitter,
+        client: Submitter,
         idempotency_key: Annotated[str | None, Header(description=(
             "same key and same request → the same job; the same key for a different request → 409. "
             "A batch's jobs are keyed apart from single jobs"))] = None,
@@ -496,7 +302,7 @@ def _job_routes(waiter: FinishWaiter) -> APIRouter:
 
     @router.get("", response_model=JobPage, responses={422: {"model": ErrorBody}, 503: {"description": "ran too long"}})
     async def list_jobs(
-        client: _Reader,
+        client: Reader,
         status: JobStatus | None = None,
         model: str | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
@@ -509,7 +315,7 @@ def _job_routes(waiter: FinishWaiter) -> APIRouter:
     @router.get("/{job_id}", response_model=JobView, responses={404: {"description": "no such job"}})
     async def get_job(
         request: Request,
-        client: _Reader,
+        client: Reader,
         job_id: str,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="long-poll: seconds to wait for the job to finish")] = 0,
     ) -> JobView | Response:
@@ -520,19 +326,19 @@ def _job_routes(waiter: FinishWaiter) -> APIRouter:
         return Response(status_code=CLIENT_CLOSED_REQUEST) if view is None else view
 
     @router.post("/{job_id}/cancel", response_model=JobView, responses={404: {"description": "no such job"}})
-    async def cancel_job(client: _Canceller, job_id: str) -> JobView:
+    async def cancel_job(client: Canceller, job_id: str) -> JobView:
         """Cancel a queued or running job (a running job's result is discarded); a finished job is returned as is."""
         return await blocking(partial(client.cancel, job_id))
 
     @router.post("/{job_id}/feedback", response_model=FeedbackView,
                  responses={404: {"description": "no such job"}, 422: {"model": ErrorBody}})
-    async def feedback(client: _Submitter, job_id: str, body: FeedbackRequest) -> FeedbackView:
+    async def feedback(client: Submitter, job_id: str, body: FeedbackRequest) -> FeedbackView:
         """Store the right label of a succeeded classification job (one of its model's labels), for
         `textq finetune --from-feedback`."""
         return await blocking(partial(client.feedback, job_id, label=body.label))
 
     @router.post("/retry", response_model=RetryCountBody, responses={422: {"model": ErrorBody}})
-    async def retry_matching(client: _Canceller, body: RetryFilterBody) -> RetryCountBody:
+    async def retry_matching(client: Canceller, body: RetryFilterBody) -> RetryCountBody:
         """Retry every failed job matching the filter, in batches (`dry_run`: only count them first).
 
         Retrying needs the `cancel` scope: like a cancel, it changes what runs, over the key's own jobs.
@@ -543,7 +349,7 @@ def _job_routes(waiter: FinishWaiter) -> APIRouter:
 
     @router.post("/{job_id}/retry", response_model=JobView,
                  responses={404: {"description": "no such job"}, 409: {"model": ErrorBody, "description": "not failed"}})
-    async def retry_job(client: _Canceller, job_id: str) -> JobView:
+    async def retry_job(client: Canceller, job_id: str) -> JobView:
         """Put a failed job back to queued (its error and attempts kept as `previous_error`, `retried_attempts`)."""
         return await blocking(partial(client.retry, job_id))
 
@@ -597,7 +403,7 @@ def _refuse_content_type(request: Request) -> JSONResponse | None:
     if not media_type or media_type in JSON_BODY_TYPES or media_type.endswith("+json"):
         return None
     message = f"{media_type!r} is not accepted: send the body as JSON with Content-Type: application/json"
-    return JSONResponse(_errors_body("unsupported content type", [FieldError("Content-Type", message)]), status_code=415)
+    return JSONResponse(errors_body("unsupported content type", [FieldError("Content-Type", message)]), status_code=415)
 
 
 def _parse_json(body: bytes) -> Any:
@@ -656,4 +462,4 @@ async def _unless_disconnected(request: Request, work: Callable[[], Awaitable[T]
     return result
 
 
-__all__ = ["BodySizeLimit", "GatewayConfigError", "GatewaySettings", "JobPage", "KeyRing", "create_app"]
+__all__ = ["GatewayConfigError", "GatewaySettings", "JobPage", "create_app"]

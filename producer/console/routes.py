@@ -28,7 +28,7 @@ from producer.tenants import ApiKey, Scope
 
 if TYPE_CHECKING:
     from producer.client import Client
-    from producer.gateway import KeyRing
+    from producer.gateway_auth import KeyRing
 
 HERE = Path(__file__).resolve().parent
 PREFIX = "/console"
