@@ -285,27 +285,38 @@ class Client:
     def wait_many(
         self, ids: Sequence[uuid.UUID | str], *, timeout: float = 60.0, poll_interval: float = 1.0
     ) -> list[JobView]:
-        """Block until every job is finished. Wakes on the worker's finish notification (Redis
-        pub/sub) and re-reads the rows; polls every `poll_interval` s in case one was missed."""
+        """Block until every job is finished. Wakes on the worker's finish notifications (Redis
+        pub/sub) and re-reads the rows they name; re-reads every unfinished row at least every
+        `poll_interval` s, in case a notification was lost."""
         wanted = [_as_uuid(i) for i in ids]
         deadline = time.monotonic() + timeout
         views = {v.id: v for v in self.get_many(wanted)}
-        pending = [i for i in wanted if not views[i].done]
+        pending = {i for i in wanted if not views[i].done}
         if pending:
             with watch_finished(self._redis, pending) as watcher:
                 # Read again once subscribed: a job that finished before the subscription is seen here.
+                to_read: set[uuid.UUID] = pending
+                read_all_at = time.monotonic()
                 while pending:
-                    views.update((v.id, v) for v in self.get_many(pending))
-                    pending = [i for i in pending if not views[i].done]
+                    if to_read:
+                        views.update((v.id, v) for v in self.get_many(sorted(to_read)))
+                        pending -= {i for i in to_read if views[i].done}
                     left = deadline - time.monotonic()
                     if pending and left <= 0:
-                        first = views[pending[0]]
+                        first = views[next(i for i in wanted if i in pending)]
                         raise JobTimeoutError(
                             f"{len(pending)} of {len(wanted)} jobs not finished after {timeout:g}s "
                             f"(first: {first.id}, {first.status}); they may still finish: call get()"
                         )
-                    if pending:
-                        watcher.wait(min(left, poll_interval))
+                    if not pending:
+                        break
+                    # Only the notified rows: re-reading thousands of pending rows per notification
+                    # cost the caller and the database O(jobs x batches).
+                    finished = watcher.wait(max(0.0, min(left, read_all_at + poll_interval - time.monotonic())))
+                    if finished is None or time.monotonic() >= read_all_at + poll_interval:
+                        to_read, read_all_at = set(pending), time.monotonic()
+                    else:
+                        to_read = pending & finished
         return [views[i] for i in wanted]
 
     def cancel(self, job_id: uuid.UUID | str) -> JobView:

@@ -47,27 +47,40 @@ class FinishNotifier:
 
 
 class FinishWatcher:
-    """Subscribed to some jobs' channels; `wait(t)` returns early when one of them finishes."""
+    """Subscribed to some jobs' channels; `wait(t)` returns early when some of them finish."""
 
     def __init__(self, pubsub: redis.client.PubSub | None) -> None:
         self._pubsub = pubsub
 
-    def wait(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> set[uuid.UUID] | None:
+        """The jobs whose notifications arrived, once at least one did; None when `timeout` passed
+        without any (or there is no Redis to listen to): the caller re-reads every row then."""
         if self._pubsub is None:
             time.sleep(timeout)
-            return
+            return None
         deadline = time.monotonic() + timeout
         try:
             while (left := deadline - time.monotonic()) > 0:
                 message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
                 if message is not None:
-                    # Drain whatever else already arrived, then let the caller re-read the rows.
-                    while self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0) is not None:
-                        pass
-                    return
+                    # Take whatever else already arrived, then let the caller re-read those rows.
+                    channels = []
+                    while message is not None:
+                        channels.append(message["channel"])
+                        message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+                    return {job for job in map(_job_of, channels) if job is not None}
         except (redis.RedisError, OSError):
             self._pubsub = None  # broker gone: plain polling from now on
             time.sleep(max(0.0, deadline - time.monotonic()))
+        return None
+
+
+def _job_of(channel_name: bytes | str) -> uuid.UUID | None:
+    name = channel_name.decode() if isinstance(channel_name, bytes) else channel_name
+    try:
+        return uuid.UUID(name.removeprefix(CHANNEL_PREFIX))
+    except ValueError:
+        return None
 
 
 @contextmanager
