@@ -57,7 +57,7 @@ def test_wait_many_reads_only_the_rows_notifications_name(isolated_backend: Back
         for start in range(0, 100, 10):
             before = len(reads.rows)
             _finish(isolated_backend, ids[start:start + 10], notify=True)
-            wait_until(lambda: len(reads.rows) > before or not thread.is_alive(), what="the notified rows read")
+            wait_until(lambda before=before: len(reads.rows) > before or not thread.is_alive(), what="the notified rows read")
         thread.join(30)
     views = result[0]
     assert isinstance(views, list) and [v.status for v in views] == ["succeeded"] * 100
