@@ -162,8 +162,10 @@ def test_an_interrupted_run_registers_nothing_and_leaves_no_files(sqlite_backend
     env = {**sqlite_backend.env, "TEXTQ_MODEL_STORE": str(store)}
     args = ["finetune", "interrupted", "--data", str(data), "--base", str(TEST_ROOT / "tiny-classifier"),
             "--epochs", "500", "--max-length", "32", "--patience", "500"]
-    with subprocess.Popen([*TEXTQ, *args], env={**os.environ, **env},
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+    # SIGINT at its default in the child: a shell starts background jobs (a CI run in the background,
+    # say) with SIGINT ignored, and the child would inherit that and train to the end.
+    with subprocess.Popen([*TEXTQ, *args], env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         # A first checkpoint means the Trainer is well into its epochs.
         wait_until(lambda: any(store.glob(".partial-*/checkpoints/checkpoint-*")), timeout=120, what="training to start")
         proc.send_signal(signal.SIGINT)
