@@ -78,8 +78,8 @@ class DroppingRedisChannel(kombu_redis.Channel):
     an error there stopped the worker. `_brpop_read` is every path a popped message takes: the
     poller's (one BRPOP over all queues and priority lists) and the read a closing channel finishes.
 
-    Draining: one BRPOP and a turn of Celery's event loop per message cost about 2 ms of worker CPU
-    for each one-job message (7% of a worker's samples under one job per request). Waiting messages
+    Draining: one BRPOP and a turn of Celery's event loop per message took 7% of a worker's py-spy
+    samples under one job per request, most in sending the BRPOP (docs/backends.md). Waiting messages
     are popped in BRPOP's order (priority first) with one script call each and delivered the way
     kombu delivers them, one at a time: delivery blocks in `hand_in` while the batcher is full, so a
     worker never holds more messages out of other workers' reach than BRPOP alone would make it.
