@@ -43,6 +43,8 @@ class JobConsumer(bootsteps.ConsumerStep):
 
         self.runtime = get_runtime()
         queues = [model_queue(m) for m in self.runtime.models]
+        if isinstance(channel, DroppingRedisChannel):
+            channel.drained_queues = frozenset(q.name for q in queues)
         return [Consumer(channel, queues=queues, on_message=self.on_message, accept=["json"], no_ack=True)]
 
     def on_message(self, message: Message) -> None:
@@ -83,7 +85,11 @@ class DroppingRedisChannel(kombu_redis.Channel):
     are popped in BRPOP's order (priority first) with one script call each and delivered the way
     kombu delivers them, one at a time: delivery blocks in `hand_in` while the batcher is full, so a
     worker never holds more messages out of other workers' reach than BRPOP alone would make it.
+    Only the model queues are drained (`drained_queues`, set by the consumer, which reads them with
+    no_ack); Celery's own queue keeps kombu's prefetch accounting.
     """
+
+    drained_queues: frozenset[str] = frozenset()
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -105,7 +111,10 @@ class DroppingRedisChannel(kombu_redis.Channel):
         # Not while closing (its last BRPOP's message is delivered, no more), nor with prefixed keys.
         if self._closing or self.global_keyprefix:
             return
-        keys = [self._q_for_pri(queue, priority) for priority in self.priority_steps for queue in self.active_queues]
+        queues = [queue for queue in self.active_queues if queue in self.drained_queues]
+        if not queues:
+            return
+        keys = [self._q_for_pri(queue, priority) for priority in self.priority_steps for queue in queues]
         for _ in range(DRAIN_MAX_MESSAGES):
             try:
                 popped = self.client.eval(_POP_NEXT, len(keys), *keys)
