@@ -295,7 +295,7 @@ class Client:
         if pending:
             with watch_finished(self._redis, pending) as watcher:
                 # Read again once subscribed: a job that finished before the subscription is seen here.
-                to_read: set[uuid.UUID] = pending
+                to_read = set(pending)
                 read_all_at = time.monotonic()
                 while pending:
                     if to_read:
