@@ -21,6 +21,7 @@ from worker.runners.chunking import pack_consecutive, reduce_groups, split_by_to
 from worker.runners.generation import GenerationTimeLimitError, Prompt
 from worker.runners.prompts import grounded_share, is_no_answer, kept_answers
 from worker.runners.question_answering import ExtractiveQA
+from worker.runners.sentences import within_length
 
 LONG_TEXT = " ".join(f"Sentence number {i} says the quick brown fox jumps over the lazy dog." for i in range(120))
 
@@ -50,7 +51,8 @@ def translator(tiny_models: Path) -> CausalLM:
 def test_generation_stops_at_end_of_turn_with_counts(llm: CausalLM, greedy: str) -> None:
     (out,) = llm.predict([SummarizeInput(text="The fox jumps.", style="abstractive")])
     assert out == {
-        "summary": greedy, "style": "abstractive", "finish_reason": "stop", "generated_tokens": CHAIN_LENGTH + 1,
+        "summary": greedy, "style": "abstractive", "trimmed": False, "finish_reason": "stop",
+        "generated_tokens": CHAIN_LENGTH + 1,
         "prompt_tokens": out["prompt_tokens"], "chunks": 1, "truncated": False,
     }
     assert out["prompt_tokens"] > 20  # the chat template and the system message count too
@@ -207,3 +209,29 @@ def test_extractive_qa_answers_with_a_span_of_the_context_across_windows(tiny_mo
     assert 0 < short["score"] <= 1 and short["chunks"] == 1
     assert long["chunks"] > 1 and long["answer"] == long_context[long["start"] : long["end"]]
     assert (cut["chunks"], cut["truncated"]) == (1, True)
+
+
+SUMMARY = "The council approved the library. It will cost 12 million dollars. Work starts in May."
+
+
+@pytest.mark.parametrize(("max_words", "max_sentences", "expected", "trimmed"), [
+    (None, 3, SUMMARY, False),
+    (None, 2, "The council approved the library. It will cost 12 million dollars.", True),
+    (15, 3, SUMMARY, False),  # exactly 15 words
+    (12, 3, "The council approved the library. It will cost 12 million dollars.", True),
+    (9, 3, "The council approved the library.", True),
+    (3, 3, "The council approved", True),  # the first sentence alone is too long: cut at 3 words
+])
+def test_a_summary_is_held_to_the_requested_length(max_words: int | None, max_sentences: int, expected: str,
+                                                   trimmed: bool) -> None:
+    assert within_length(SUMMARY, max_words=max_words, max_sentences=max_sentences) == (expected, trimmed)
+
+
+def test_a_summary_over_max_words_comes_back_trimmed(llm: CausalLM, greedy: str) -> None:
+    words = greedy.split()
+    assert len(words) >= 1
+    (long, short) = llm.predict([SummarizeInput(text="A document.", style="abstractive", max_words=len(words)),
+                                 SummarizeInput(text="A document.", style="abstractive", max_words=1)])
+    assert isinstance(long, dict) and isinstance(short, dict)
+    assert (long["summary"], long["trimmed"]) == (greedy, False)
+    assert short["summary"] == words[0] and short["trimmed"] is (len(words) > 1)

@@ -32,6 +32,7 @@ from worker.runners.prompts import (
     summary_messages,
     translation_messages,
 )
+from worker.runners.sentences import within_length
 
 DEFAULTS: dict[str, float] = {"max_new_tokens": 128, "job_time_limit_s": 120.0, "chunk_overlap_tokens": 32}
 # Rough tokens per English word, to turn a summary's max_words into max_new_tokens.
@@ -222,7 +223,8 @@ class CausalLM(Runner):
             **job.chunks.describe(),
         }
         if isinstance(job.input, SummarizeInput):
-            return {"summary": text, "style": "abstractive", **usage}
+            summary, trimmed = within_length(text, max_words=job.input.max_words, max_sentences=job.input.max_sentences)
+            return {"summary": summary, "style": "abstractive", "trimmed": trimmed, **usage}
         if isinstance(job.input, TranslateInput):
             return {"translation": text, "target_language": job.input.target_language,
                     "source_language": job.input.source_language, **usage}

@@ -7,7 +7,6 @@ are packed into window-sized chunks, up to `max_sentences` are picked in each ch
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -15,14 +14,10 @@ import torch
 from producer.contract import SummarizeInput
 from worker.runners.chunking import Chunks, in_runs, pack_consecutive, split_by_tokens
 from worker.runners.encoder import EncoderRunner
+from worker.runners.sentences import split_sentences
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n\s*\n+")
 POSITION_WEIGHT = 0.1
 REDUNDANCY_WEIGHT = 0.7
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
 def choose_sentences(vectors: torch.Tensor, k: int, *, centroid: torch.Tensor | None = None,
