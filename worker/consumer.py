@@ -10,6 +10,7 @@ Anything on a model queue that is not a textq message is dropped with one log li
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from queue import Empty
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Channel
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.commands.core import Script
 
 from producer.broker import model_queue
 from producer.wire import MalformedMessageError, parse_message
@@ -95,17 +97,23 @@ class DroppingRedisChannel(kombu_redis.Channel):
         try:
             delivered = bool(super()._brpop_read(**options))
         except Exception as exc:  # whatever decoding raised: JSON, UTF-8, base64, missing keys, kombu's type hooks
-            if self._is_transport_error(exc):
-                raise
-            log.error("dropped a message kombu could not read: %.200r", exc)
+            self._drop_unless_transport_error(exc)
             return True
         if delivered:
             self._drain()
         return delivered
 
-    def _is_transport_error(self, exc: Exception) -> bool:
+    def _drop_unless_transport_error(self, exc: Exception) -> None:
+        """Re-raise an error of the connection (kombu reconnects); log any other as a dropped message."""
         # kombu counts KeyError a connection error (for a stale fd); here it is an envelope missing a key.
-        return isinstance(exc, Empty) or (isinstance(exc, self.connection_errors) and not isinstance(exc, KeyError))
+        if isinstance(exc, Empty) or (isinstance(exc, self.connection_errors) and not isinstance(exc, KeyError)):
+            raise exc
+        log.error("dropped a message kombu could not read: %.200r", exc)
+
+    @cached_property
+    def _pop_next(self) -> Script:
+        # Registered once: each call sends the script's hash (EVALSHA), not its text.
+        return Script(self.client, _POP_NEXT)
 
     def _drain(self) -> None:
         # Not while closing (its last BRPOP's message is delivered, no more), nor with prefixed keys.
@@ -117,7 +125,7 @@ class DroppingRedisChannel(kombu_redis.Channel):
         keys = [self._q_for_pri(queue, priority) for priority in self.priority_steps for queue in queues]
         for _ in range(DRAIN_MAX_MESSAGES):
             try:
-                popped = self.client.eval(_POP_NEXT, len(keys), *keys)
+                popped = self._pop_next(keys=keys, client=self.client)
             except self.connection_errors:
                 return  # kombu's next BRPOP meets the same error and reconnects
             if not popped:
@@ -126,9 +134,7 @@ class DroppingRedisChannel(kombu_redis.Channel):
             try:
                 self.connection._deliver(loads(bytes_to_str(item)), bytes_to_str(key).rsplit(self.sep, 1)[0])
             except Exception as exc:
-                if self._is_transport_error(exc):
-                    raise
-                log.error("dropped a message kombu could not read: %.200r", exc)
+                self._drop_unless_transport_error(exc)
 
 
 class DroppingRedisTLSChannel(DroppingRedisChannel):
