@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from bench.plans import plans_of
-from db import overview, retries, search, store, sweeps, upgrade, workers
+from db import listing, overview, retries, search, store, sweeps, upgrade, workers
 from db.engine import make_engine, session_factory, shared_engine
 from db.models import JobStatus, utcnow
 from tests.services import create_postgres_database, drop_postgres_database
@@ -56,14 +56,14 @@ class Query:
     repeat: int = 20
 
 
-def queries(rows: int, some_id: uuid.UUID, batch: list[uuid.UUID], middle: store.PagePosition) -> list[Query]:
+def queries(rows: int, some_id: uuid.UUID, batch: list[uuid.UUID], middle: listing.PagePosition) -> list[Query]:
     now = utcnow()
     hour_ago, week_ago = now - overview.WINDOW, now - timedelta(days=7)
     failed = retries.RetryFilter(model="sentiment", error_type="ValueError")
     return [
         Query("poll one job by id (Client.get, the console's job page)", lambda s: store.get_job(s, job_id=some_id), True),
         Query("list newest 50 failed sentiment jobs (GET /v1/jobs)",
-              lambda s: store.list_jobs(s, status=JobStatus.FAILED, model="sentiment", limit=50), True),
+              lambda s: listing.list_jobs(s, status=JobStatus.FAILED, model="sentiment", limit=50), True),
         Query("claim a batch of 32 (one UPDATE ... RETURNING)",
               lambda s: store.claim_jobs(s, ids=batch, model="sentiment", worker="bench",
                                          lease=timedelta(seconds=60), max_attempts=3)),
@@ -81,20 +81,21 @@ def queries(rows: int, some_id: uuid.UUID, batch: list[uuid.UUID], middle: store
               lambda s: overview.minute_stats(s, since=now - timedelta(minutes=30)), True),
         Query("overview: workers", workers.list_workers, True),
         # The jobs page: newest first, each filter, a page deep in the table.
-        Query("jobs: newest 50", lambda s: store.list_jobs(s, limit=50), True),
-        Query("jobs: newest 50 failed (the failed page)", lambda s: store.list_jobs(s, status=JobStatus.FAILED, limit=50), True),
-        Query("jobs: newest 50 queued", lambda s: store.list_jobs(s, status=JobStatus.QUEUED, limit=50), True),
+        Query("jobs: newest 50", lambda s: listing.list_jobs(s, limit=50), True),
+        Query("jobs: newest 50 failed (the failed page)",
+              lambda s: listing.list_jobs(s, status=JobStatus.FAILED, limit=50), True),
+        Query("jobs: newest 50 queued", lambda s: listing.list_jobs(s, status=JobStatus.QUEUED, limit=50), True),
         Query("jobs: newest 50 of a model, last hour",
-              lambda s: store.list_jobs(s, model="zero-shot", since=hour_ago, limit=50), True),
+              lambda s: listing.list_jobs(s, model="zero-shot", since=hour_ago, limit=50), True),
         Query("jobs: newest 50 with error type OutOfMemoryError",
-              lambda s: store.list_jobs(s, error_type="OutOfMemoryError", limit=50), True),
-        Query("jobs: 50 after a cursor halfway down the table", lambda s: store.list_jobs(s, after=middle, limit=50), True),
+              lambda s: listing.list_jobs(s, error_type="OutOfMemoryError", limit=50), True),
+        Query("jobs: 50 after a cursor halfway down the table", lambda s: listing.list_jobs(s, after=middle, limit=50), True),
         Query("jobs: text contains 'product' (every job matches)",
-              lambda s: search.search_jobs(s, text="product", matching=store.JobFilter()), True),
+              lambda s: search.search_jobs(s, text="product", matching=listing.JobFilter()), True),
         Query(f"jobs: text contains 'review {rows // 2} ' (one job, far back: a page of none)",
-              lambda s: search.search_jobs(s, text=f"review {rows // 2} ", matching=store.JobFilter()), True),
+              lambda s: search.search_jobs(s, text=f"review {rows // 2} ", matching=listing.JobFilter()), True),
         Query(f"jobs: text contains 'review {rows - 60} ' (one job), last hour",
-              lambda s: search.search_jobs(s, text=f"review {rows - 60} ", matching=store.JobFilter(since=hour_ago)), True),
+              lambda s: search.search_jobs(s, text=f"review {rows - 60} ", matching=listing.JobFilter(since=hour_ago)), True),
         # The failed page's groups and a bulk retry's reads and one write batch.
         Query("failed: grouped by model and error type", overview.failure_groups, True),
         Query("retry: count failed sentiment ValueError jobs (dry run)",
@@ -147,7 +148,7 @@ def main() -> None:
         with sessions() as session:
             some_id = session.execute(text("SELECT id FROM jobs OFFSET :o LIMIT 1"), {"o": args.rows // 2}).scalar_one()
             batch = list(session.execute(text("SELECT id FROM jobs WHERE status = 'queued' LIMIT 32")).scalars())
-            middle = store.PagePosition(*session.execute(
+            middle = listing.PagePosition(*session.execute(
                 text("SELECT created_at, id FROM jobs ORDER BY created_at, id OFFSET :o LIMIT 1"), {"o": args.rows // 2}).one())
         over = []
         for query in queries(args.rows, some_id, batch, middle):

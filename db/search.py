@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from db.listing import JobFilter, PagePosition, newest_first, time_limit
 from db.models import Job
-from db.store import JobFilter, PagePosition, newest_first, time_limit
 
 SEARCH_WINDOW = 10_000
 

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from sqlalchemy import Connection
 
-from db import search, store
+from db import listing, search, store
 from db.engine import session_factory, shared_engine
 from db.models import DEFAULT_TENANT, FINISHED_STATUSES, JobStatus, utcnow
 from db.settings import DatabaseSettings
@@ -361,14 +361,14 @@ class Client:
         except ValueError:
             raise InvalidJobError.single("status", f"must be one of {', '.join(JobStatus)}") from None
         after = decode_cursor(cursor) if cursor is not None else None
-        matching = store.JobFilter(status=wanted, model=model, tenant=self.visible_tenant, before=before, since=since,
+        matching = listing.JobFilter(status=wanted, model=model, tenant=self.visible_tenant, before=before, since=since,
                                    error_type=error_type)
         try:
             with self.sessions() as session:
                 if text_contains is None:
-                    rows = store.list_jobs(session, **asdict(matching), limit=limit, after=after,
+                    rows = listing.list_jobs(session, **asdict(matching), limit=limit, after=after,
                                            time_limit_s=self.list_time_limit_s)
-                    resume = store.PagePosition(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+                    resume = listing.PagePosition(rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
                 else:  # a window of jobs per page (db/search.py): a page may be short and still have a next one
                     found = search.search_jobs(session, text=text_contains, matching=matching, after=after, limit=limit,
                                                window=self.search_window, time_limit_s=self.list_time_limit_s)

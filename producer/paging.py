@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
-from db.store import PagePosition
+from db.listing import PagePosition
 from producer.contract import JobView
 from producer.errors import InvalidJobError
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
-from db import store
+from db import listing, store
 from db.engine import session_factory
 from db.models import Job
 from producer import Client, InvalidJobError
@@ -73,11 +73,11 @@ def test_filters_and_before_combine_with_the_cursor(backend: Backend, tenant_cli
 def test_a_forged_cursor_starts_a_page_elsewhere_and_reads_one_page(backend: Backend, tenant_client: Client) -> None:
     ids = sorted(_insert(backend, tenant_client.tenant, [BATCH_AT] * 6), reverse=True)
     # Any well-formed position is just a place to start: in the middle of the batch, far future, the epoch.
-    middle = encode_cursor(store.PagePosition(BATCH_AT, ids[2]))
+    middle = encode_cursor(listing.PagePosition(BATCH_AT, ids[2]))
     assert [j.id for j in tenant_client.list_jobs(cursor=middle, limit=2).jobs] == ids[3:5]
-    future = encode_cursor(store.PagePosition(datetime(9999, 12, 31, tzinfo=UTC), uuid.UUID(int=0)))
+    future = encode_cursor(listing.PagePosition(datetime(9999, 12, 31, tzinfo=UTC), uuid.UUID(int=0)))
     assert len(tenant_client.list_jobs(cursor=future, limit=4).jobs) == 4
-    epoch = encode_cursor(store.PagePosition(datetime(1970, 1, 1, tzinfo=UTC), uuid.UUID(int=2**128 - 1)))
+    epoch = encode_cursor(listing.PagePosition(datetime(1970, 1, 1, tzinfo=UTC), uuid.UUID(int=2**128 - 1)))
     assert tenant_client.list_jobs(cursor=epoch).jobs == []
 
 
@@ -103,7 +103,7 @@ def test_malformed_cursor_is_a_clear_error_naming_the_field(cursor: str) -> None
 
 
 def test_cursor_round_trip() -> None:
-    position = store.PagePosition(BATCH_AT, uuid.uuid4())
+    position = listing.PagePosition(BATCH_AT, uuid.uuid4())
     assert decode_cursor(encode_cursor(position)) == position
 
 
