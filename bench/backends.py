@@ -214,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             from bench.environment import NULL_SPEC, BenchEnvironment
 
             env = stack.enter_context(BenchEnvironment(args.database))
+            # The naive task runs plain PyTorch (`sentiment-torch`) whichever backends are measured.
+            served = dict.fromkeys([*args.backends, "torch"])
             env.models_file.write_text(json.dumps([NULL_SPEC, *(variant(spec, b).model_dump(mode="json")
-                                                                 for b in args.backends)]))
+                                                                 for b in served)]))
         modes: dict[str, Callable[[], object]]
         modes, info = in_process_modes(args, spec, texts, outputs)
         queued = queue_modes(args, stack, env, spec, texts) if env is not None else {}

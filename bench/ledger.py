@@ -54,6 +54,13 @@ class Ledger:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).where(Job.finished_at.is_not(None))).scalar_one())
 
+    def first_failure(self) -> str | None:
+        """The error of a finished job that did not succeed, if any: a bench must not time failures."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Job.status, Job.error_type, Job.error_message).where(Job.finished_at.is_not(None),
+                                                                   Job.status != JobStatus.SUCCEEDED).limit(1)).first()
+        return None if row is None else f"{row.status}: {row.error_type}: {row.error_message}"
+
     def wait(self, expected: int, *, timeout_s: float, desc: str, poll_s: float = 0.1) -> int:
         """Block until `expected` rows are finished (or `timeout_s` passes); returns how many are."""
         deadline = time.monotonic() + timeout_s

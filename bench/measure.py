@@ -161,6 +161,8 @@ class Harness:
                 sender.submit(str(r["text"]))
             sender.close()
         self.ledger.wait(len(requests), timeout_s=self.timeout_s, desc="warm-up")
+        if (failure := self.ledger.first_failure()) is not None:
+            raise RuntimeError(f"a warm-up job of {requests[0]['model']} did not succeed ({failure}): see the worker's log")
         self.ledger.reset()
         # A full collection of this heap paused the producers for ~70 ms now and then (docs/design.md).
         gc.collect()
