@@ -48,7 +48,9 @@ modes through the queue (real Redis, database and worker processes; --no-queue s
   per-request-BACKEND  one job per call from --producers threads, each with its own Client
   naive              a hand-wired Celery task on plain PyTorch, one text per message (--naive-n texts)
 
-Each repeat runs every mode once, in turn, so machine load hits them alike; numbers are medians.
+Each repeat runs every mode once, in turn, each backend's raw run just before its runs through the
+queue, so machine load hits them alike. Numbers are medians; "x raw" is the median of each run's
+ratio to the raw run beside it (the machine's speed drifts within minutes).
 Label agreement with raw-torch is measured on the same corpus (classification models).
 """
 
@@ -221,14 +223,18 @@ def main(argv: list[str] | None = None) -> int:
         modes: dict[str, Callable[[], object]]
         modes, info = in_process_modes(args, spec, texts, outputs)
         queued = queue_modes(args, stack, env, spec, texts) if env is not None else {}
-        runs: dict[str, list[Row]] = {m: [] for m in [*modes, *queued]}
+        runs: dict[str, list[Row]] = {m: [] for m in _interleaved([*modes, *queued], args.backends)}
         for repeat in range(args.repeat):
-            for mode, run in modes.items():
-                runs[mode].append(timed(mode, spec.name, len(texts), run, load=round(os.getloadavg()[0], 2)))
-                _progress(repeat, args.repeat, runs[mode][-1])
-            for mode, once in queued.items():
-                runs[mode].append(once())
-                _progress(repeat, args.repeat, runs[mode][-1])
+            for mode in runs:
+                if mode in modes:
+                    row = timed(mode, spec.name, len(texts), modes[mode], load=round(os.getloadavg()[0], 2))
+                else:
+                    row = queued[mode]()
+                    backend = mode.removeprefix("bulk-").removeprefix("per-request-")
+                    if f"raw-{backend}" in runs:  # paired with the raw run just before it
+                        row.x_raw = row.jobs_per_s / runs[f"raw-{backend}"][-1].jobs_per_s
+                runs[mode].append(row)
+                _progress(repeat, args.repeat, row)
     rows = {m: combine(r) for m, r in runs.items()}
     _annotate(rows, args, spec, outputs, info["load_s"])
     token_lengths = info["token_lengths"]
@@ -251,13 +257,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _interleaved(modes: list[str], backends: list[str]) -> list[str]:
+    """Each backend's raw run just before its runs through the queue: on a shared machine the
+    model's speed drifts within minutes, so each "x raw" compares runs made side by side."""
+    by_backend = [m for b in backends for m in (f"raw-{b}", f"bulk-{b}", f"per-request-{b}") if m in modes]
+    return [m for m in modes if m.startswith("vanilla-")] + by_backend + [m for m in modes if m == "naive"]
+
+
 def _progress(repeat: int, repeats: int, row: Row) -> None:
     print(f"run {repeat + 1}/{repeats} {row.mode:<22} {row.jobs_per_s:8.1f} texts/s", flush=True)
 
 
 def _annotate(rows: dict[str, Row], args: argparse.Namespace, spec: ModelSpec,
               outputs: dict[str, list[dict[str, Any]]], load_s: dict[str, float]) -> None:
-    """Ratios to the reference and to the raw forward of the same backend; label agreement with torch."""
+    """Ratios to the reference and to naive; label agreement with torch ("x raw" is set per run)."""
     reference = rows["vanilla-arrival"].jobs_per_s
     for row in rows.values():
         row.extra["x_vanilla"] = round(row.jobs_per_s / reference, 3)
@@ -267,9 +280,6 @@ def _annotate(rows: dict[str, Row], args: argparse.Namespace, spec: ModelSpec,
         if "torch" in outputs and spec.task == "classify":
             same = sum(a["label"] == b["label"] for a, b in zip(outputs[backend], outputs["torch"], strict=True))
             raw.extra["label_agreement_with_torch"] = round(same / len(outputs["torch"]), 4)
-        for mode in (f"bulk-{backend}", f"per-request-{backend}"):
-            if mode in rows:
-                rows[mode].x_raw = rows[mode].jobs_per_s / raw.jobs_per_s
     if "naive" in rows:
         for backend in args.backends:
             if f"per-request-{backend}" in rows:
