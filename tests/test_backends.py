@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -283,6 +284,24 @@ def test_two_processes_loading_at_once_leave_one_whole_entry(tiny_copy: Path, fr
 
 
 # -- errors at start ----------------------------------------------------------------------------------
+def test_a_damaged_entry_is_refused_at_start_and_deleting_it_exports_again(tiny_copy: Path, fresh_cache: Path,
+                                                                          export_count: list[Path]) -> None:
+    """An entry is renamed into place whole, but a disk or a copied volume can damage it later: the
+    runner then refuses to start, naming the directory whose removal fixes it."""
+    import shutil
+
+    expected = _scores(tiny_copy, "onnx")
+    [entry] = [p for p in fresh_cache.iterdir() if not p.name.startswith(".")]
+    model_file = entry / "model.onnx"
+    model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
+    runner = create_runner(_tiny_spec(tiny_copy, "onnx"))
+    with pytest.raises(BackendError, match=rf"ONNX Runtime cannot load .*delete {re.escape(str(entry))} to export it"):
+        runner.setup()
+    shutil.rmtree(entry)
+    assert _scores(tiny_copy, "onnx") == pytest.approx(expected, abs=1e-6)
+    assert len(export_count) == 2
+
+
 def test_an_unknown_backend_is_refused_with_the_allowed_values() -> None:
     with pytest.raises(ValidationError) as info:
         ModelSpec(name="m", kind="classify", runner="prototype", backend="tensorrt")  # type: ignore[arg-type]
