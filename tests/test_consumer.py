@@ -8,28 +8,16 @@ import time
 
 import redis
 
-from db.engine import session_factory
-from db.models import Job, JobStatus
+from db.models import JobStatus
 from producer import Client
-from producer.registry import queue_name
-from producer.wire import PRIORITY_STEPS, redis_list
 from producer.worker_process import WorkerProcess
 from tests.conftest import Backend
 from tests.helpers import unique_text, wait_until
 from worker.batcher import HIGH_WATER_WINDOWS, WINDOW_BATCHES
 
 
-def _waiting(broker: redis.Redis, model: str) -> int:
-    return sum(int(broker.llen(redis_list(queue_name(model), step))) for step in PRIORITY_STEPS)
-
-
 def _brpops(broker: redis.Redis) -> int:
     return int(broker.info("commandstats").get("cmdstat_brpop", {}).get("calls", 0))
-
-
-def _finished(backend: Backend) -> int:
-    with session_factory(backend.database_url)() as session:
-        return session.query(Job).filter(Job.status == JobStatus.SUCCEEDED).count()
 
 
 def test_waiting_one_job_messages_are_taken_without_a_brpop_each(isolated_backend: Backend) -> None:
@@ -37,7 +25,7 @@ def test_waiting_one_job_messages_are_taken_without_a_brpop_each(isolated_backen
     broker = redis.Redis.from_url(isolated_backend.broker_url)
     with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
         ids = [client.classify(unique_text("drained"), model="echo").id for _ in range(300)]  # 300 messages
-        assert _waiting(broker, "echo") == 300
+        assert client.publisher.queue_depth("echo") == 300
         before = _brpops(broker)
         with WorkerProcess(env=env, name="drain"):
             views = client.wait_many(ids, timeout=120)
@@ -51,16 +39,15 @@ def test_a_busy_worker_leaves_what_it_has_no_room_for_on_the_queue(isolated_back
     # `slow`: batches of 4 that take a second each; its batcher holds at most 3 windows of 4 batches.
     high_water = HIGH_WATER_WINDOWS * WINDOW_BATCHES * 4
     env = {**isolated_backend.env, "TEXTQ_WORKER_MODELS": "slow"}
-    broker = redis.Redis.from_url(isolated_backend.broker_url)
     with Client(database_url=isolated_backend.database_url, broker_url=isolated_backend.broker_url) as client:
         for _ in range(100):
             client.classify(unique_text("busy"), model="slow")
         with WorkerProcess(env=env, name="busy"):
-            wait_until(lambda: _waiting(broker, "slow") < 100 - high_water + 8, timeout=60, what="the worker took its fill")
+            wait_until(lambda: client.publisher.queue_depth("slow") < 100 - high_water + 8, timeout=60,
+                       what="the worker took its fill")
             for _ in range(10):  # over two batches: each one written makes room for 4 more
-                waiting = _waiting(broker, "slow")
-                finished = _finished(isolated_backend)  # read second: it can only have grown since
+                waiting = client.publisher.queue_depth("slow")
+                finished = client.count_by_status().get(JobStatus.SUCCEEDED, 0)  # read second: it can only have grown since
                 # In hand at most high_water, plus the one message a blocked hand_in holds.
                 assert 100 - waiting <= high_water + 1 + finished, (waiting, finished)
                 time.sleep(0.2)
-    broker.close()
